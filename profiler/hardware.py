@@ -1,0 +1,162 @@
+"""One GPU type as the cost models see it: datasheet peaks, modelling efficiencies, overheads.
+
+Loaded from a `conf/hardware/<name>.yaml` mapping (a dict or an omegaconf DictConfig). Peaks are
+datasheet figures; efficiencies and overheads are modelling assumptions documented in each yaml.
+Every validation error is one line naming the key, its value and how to fix it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Fractions of the datasheet peaks that real kernels reach."""
+    matmul: float     # of peak bf16 FLOP/s, for the linear layers
+    attention: float  # of peak bf16 FLOP/s, for attention kernels (lower than GEMMs: softmax, masking)
+    memory: float     # of peak HBM bandwidth, for every bandwidth-bound kernel
+
+
+@dataclass(frozen=True)
+class AlphaBeta:
+    """All-reduce time = alpha + bytes / bandwidth, for one number of workers."""
+    num_workers: int
+    alpha_us: float
+    bandwidth_gbps: float  # effective (algorithm) bandwidth, GB/s
+
+
+@dataclass(frozen=True)
+class AllReduceSpec:
+    csv: str | None                   # measured table, relative to the shared data dir
+    fallback: tuple[AlphaBeta, ...]   # used when the csv is absent; fitted from it (profiler.all_reduce)
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    name: str
+    memory_gib: float
+    peak_bf16_tflops: float   # dense, no sparsity
+    mem_bandwidth_gbps: float  # HBM, GB/s (1e9 bytes/s)
+    efficiency: Efficiency
+    kernel_launch_floor_us: float
+    cpu_overhead_ms: float
+    all_reduce: AllReduceSpec
+
+    @property
+    def peak_flops(self) -> float:
+        return self.peak_bf16_tflops * 1e12
+
+    @property
+    def mem_bandwidth(self) -> float:
+        """Bytes per second."""
+        return self.mem_bandwidth_gbps * 1e9
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * 2**30)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "HardwareSpec":
+        r = _Reader(cfg, "hardware")
+        name = r.string("name", "a display name such as 'A100-80GB PCIe'")
+        memory_gib = r.number("memory_gib", "the GPU memory in GiB, e.g. 80")
+        peak = r.number("peak_bf16_tflops", "the datasheet dense bf16 peak, e.g. 312 for A100")
+        bw = r.number("mem_bandwidth_gbps", "the datasheet HBM bandwidth in GB/s, e.g. 1935")
+        e = r.section("efficiency")
+        efficiency = Efficiency(
+            matmul=e.fraction("matmul", "the fraction of peak large bf16 GEMMs reach, typically 0.6-0.8"),
+            attention=e.fraction("attention", "the fraction of peak attention kernels reach, typically 0.4-0.7"),
+            memory=e.fraction("memory", "the fraction of HBM bandwidth streaming kernels reach, typically 0.7-0.9"),
+        )
+        e.no_extra()
+        floor = r.number("kernel_launch_floor_us", "the shortest kernel time in microseconds, e.g. 5",
+                         allow_zero=True)
+        cpu = r.number("cpu_overhead_ms", "the per-iteration CPU time in milliseconds, e.g. 5",
+                       allow_zero=True)
+        a = r.section("all_reduce")
+        csv = a.optional_string("csv", "a file name inside the shared data dir, or null")
+        fallback = tuple(_alpha_beta(entry) for entry in a.entries("fallback"))
+        workers = [f.num_workers for f in fallback]
+        if len(set(workers)) != len(workers):
+            raise ValueError(f"hardware.all_reduce.fallback={workers} lists a num_workers twice; "
+                             "keep one entry per number of workers")
+        a.no_extra()
+        r.no_extra()
+        return cls(name, memory_gib, peak, bw, efficiency, floor, cpu, AllReduceSpec(csv, fallback))
+
+
+def _alpha_beta(r: "_Reader") -> AlphaBeta:
+    entry = AlphaBeta(r.integer("num_workers", 2, "the number of GPUs in the all-reduce (one GPU "
+                                                  "needs no all-reduce)"),
+                      r.number("alpha_us", "the fitted latency in microseconds", allow_zero=True),
+                      r.number("bandwidth_gbps", "the fitted effective bandwidth in GB/s"))
+    r.no_extra()
+    return entry
+
+
+class _Reader:
+    """Reads typed values out of one config mapping and remembers which keys it consumed."""
+
+    def __init__(self, cfg: Any, where: str):
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"{where}={cfg!r} must be a mapping of keys to values")
+        self.cfg, self.where, self.seen = cfg, where, set()
+
+    def _get(self, key: str, fix: str) -> Any:
+        self.seen.add(key)
+        if key not in self.cfg:
+            raise ValueError(f"{self.where}.{key} is missing; add {fix}")
+        return self.cfg[key]
+
+    def number(self, key: str, fix: str, allow_zero: bool = False) -> float:
+        value = self._get(key, fix)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not (value >= 0 if allow_zero else value > 0):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"{self.where}.{key}={value!r} must be a number {bound}; set it to {fix}")
+        return float(value)
+
+    def integer(self, key: str, minimum: int, fix: str) -> int:
+        value = self._get(key, fix)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{self.where}.{key}={value!r} must be an integer >= {minimum}; set it to {fix}")
+        return value
+
+    def fraction(self, key: str, fix: str) -> float:
+        value = self.number(key, fix)
+        if value > 1:
+            raise ValueError(f"{self.where}.{key}={value!r} must be in (0, 1]; set it to {fix}")
+        return value
+
+    def string(self, key: str, fix: str) -> str:
+        value = self._get(key, fix)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{self.where}.{key}={value!r} must be a non-empty string; set it to {fix}")
+        return value
+
+    def optional_string(self, key: str, fix: str) -> str | None:
+        self.seen.add(key)
+        value = self.cfg.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{self.where}.{key}={value!r} must be a non-empty string or null; "
+                             f"set it to {fix}")
+        return value
+
+    def section(self, key: str) -> "_Reader":
+        return _Reader(self._get(key, "that section (see conf/hardware/*.yaml)"), f"{self.where}.{key}")
+
+    def entries(self, key: str) -> list["_Reader"]:
+        self.seen.add(key)
+        value = self.cfg.get(key) or []
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ValueError(f"{self.where}.{key}={value!r} must be a list of mappings "
+                             "{num_workers, alpha_us, bandwidth_gbps}")
+        return [_Reader(v, f"{self.where}.{key}[{i}]") for i, v in enumerate(value)]
+
+    def no_extra(self) -> None:
+        for key in self.cfg:
+            if key not in self.seen:
+                raise ValueError(f"{self.where}.{key}={self.cfg[key]!r} is not a known key; remove it "
+                                 f"or use one of {sorted(self.seen)}")

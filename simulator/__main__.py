@@ -1,0 +1,25 @@
+"""`python -m simulator <hydra overrides>`: run one simulation and print its summary."""
+from __future__ import annotations
+
+import json
+
+import hydra
+from omegaconf import DictConfig
+
+from .cli import run_or_exit, to_dict
+from .run import run_simulation
+
+
+@hydra.main(config_path="../conf", config_name="simulator", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    config = to_dict(cfg)
+    summary = run_or_exit(lambda: run_simulation(config, config["output_dir"]))
+    brief = {k: summary[k] for k in ("scheduler", "hardware", "cost_model", "workload", "num_requests",
+                                     "num_batches", "ttft_s", "tbt_s", "e2e_s", "makespan_s",
+                                     "throughput", "preemptions", "longest_generation_stall_s")}
+    brief["conservation_ok"] = summary["conservation"]["ok"]
+    print(json.dumps(brief, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""One inference request and its life: waiting -> prefilling (in chunks) -> decoding -> finished.
+
+A preempted request goes back to waiting and loses its KV cache; when it is admitted again it
+recomputes its prompt *and* the tokens it had already generated (recompute preemption, as vLLM v0
+and Sarathi-Serve do). Unlike the reference (reference-semantics §2.4) it still produces exactly
+`decode_len` output tokens in total: what it generated before the preemption counts.
+
+Token accounting (also unlike the reference's OSDI branch, §2.2): the iteration that processes
+the last prompt chunk emits output token #1, so a request needs its prefill iterations plus
+`decode_len - 1` decode iterations.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class State(IntEnum):
+    WAITING = 0
+    PREFILLING = 1
+    DECODING = 2
+    FINISHED = 3
+
+
+class Request:
+    # __slots__ because the hot loops of the schedulers touch these fields once per token.
+    __slots__ = (
+        "id", "arrival", "prompt_len", "decode_len", "state",
+        "generated",      # output tokens produced so far, over all lives
+        "prefill_len",    # tokens this life must prefill: prompt + tokens generated before a preemption
+        "prefilled",      # tokens of `prefill_len` whose KV has been computed in this life
+        "blocks",         # KV block ids held now (the block table)
+        "num_preemptions",
+    )
+
+    def __init__(self, id: int, arrival: float, prompt_len: int, decode_len: int):
+        if prompt_len < 1 or decode_len < 1:
+            raise ValueError(f"request {id}: prompt_len={prompt_len} and decode_len={decode_len} "
+                             "must both be >= 1")
+        self.id = id
+        self.arrival = arrival
+        self.prompt_len = prompt_len
+        self.decode_len = decode_len
+        self.state = State.WAITING
+        self.generated = 0
+        self.prefill_len = prompt_len
+        self.prefilled = 0
+        self.blocks: list[int] = []
+        self.num_preemptions = 0
+
+    @property
+    def total_len(self) -> int:
+        """Tokens the request holds in the KV cache when it finishes (the model-length check)."""
+        return self.prompt_len + self.decode_len
+
+    @property
+    def context_len(self) -> int:
+        """Tokens with KV after the next step: prompt + generated (a decode feeds the last output)."""
+        return self.prompt_len + self.generated
+
+    @property
+    def remaining_prefill(self) -> int:
+        return self.prefill_len - self.prefilled
+
+    # ---- transitions (called by schedulers; each checks where it comes from) ---------------
+    def start_prefill(self, blocks: list[int]) -> None:
+        assert self.state == State.WAITING, self
+        self.state = State.PREFILLING
+        self.blocks = blocks
+
+    def finish_chunk(self, chunk: int) -> bool:
+        """Record a processed prompt chunk; True if it completed the prompt (and emitted a token)."""
+        assert self.state == State.PREFILLING and 0 < chunk <= self.remaining_prefill, (self, chunk)
+        self.prefilled += chunk
+        if self.prefilled < self.prefill_len:
+            return False
+        self.state = State.DECODING
+        self.generated += 1
+        return True
+
+    def preempt(self) -> list[int]:
+        """Drop the KV cache and go back to waiting; returns the blocks to free."""
+        assert self.state in (State.PREFILLING, State.DECODING), self
+        blocks, self.blocks = self.blocks, []
+        self.state = State.WAITING
+        self.num_preemptions += 1
+        # The last generated token has no KV yet; everything before it is recomputed.
+        self.prefill_len = self.prompt_len + self.generated
+        self.prefilled = 0
+        return blocks
+
+    def __repr__(self) -> str:
+        return (f"Request(id={self.id}, {self.state.name}, P={self.prompt_len}, D={self.decode_len}, "
+                f"generated={self.generated}, prefilled={self.prefilled}/{self.prefill_len}, "
+                f"blocks={len(self.blocks)})")

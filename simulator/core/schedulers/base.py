@@ -1,0 +1,189 @@
+"""What every scheduler shares: the waiting queue, the running list, admission checks, the decode
+pass with recompute preemption, and the bookkeeping when a batch ends.
+
+A scheduler reads no clock. The engine that drives it (the simpy replica or the GPU loop) calls
+`add_request` when a request arrives, `schedule(now)` for the next batch, and `on_batch_end(batch,
+now)` when that batch has run. Policies differ only in `schedule`.
+"""
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Mapping
+
+from ..batch import Batch
+from ..block_manager import BlockManager, KVCacheTooSmallError
+from ..request import Request, State
+
+_FINISHED = State.FINISHED
+_PREFILLING = State.PREFILLING
+
+
+class RequestRejectedError(ValueError):
+    """A request the configured model or KV cache can never serve."""
+
+
+def _arrival(req: Request) -> float:
+    return req.arrival
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_model_len: int = 8192
+    block_size: int = 16
+    watermark: float = 0.01
+    chunk_size: int = 1536                  # sarathi: token budget per iteration
+    max_tokens_in_batch: int | None = None  # vllm: prompt tokens per batch (default max_model_len)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "SchedulerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"scheduler config has unknown keys {unknown}; known keys: {sorted(known)}")
+        config = cls(**dict(cfg))
+        for name in ("max_num_seqs", "max_model_len", "block_size", "chunk_size"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"scheduler.{name}={getattr(config, name)} must be >= 1")
+        if config.max_tokens_in_batch is not None and config.max_tokens_in_batch < config.max_model_len:
+            raise ValueError(
+                f"scheduler.max_tokens_in_batch={config.max_tokens_in_batch} is below "
+                f"max_model_len={config.max_model_len}: a full-length prompt could never be admitted; "
+                "raise it or leave it unset (defaults to max_model_len)")
+        return config
+
+
+class Scheduler:
+    name: ClassVar[str]
+    # vLLM/Sarathi reserve the current prompt at admission and keep a watermark for decodes;
+    # Orca/FasterTransformer reserve max_model_len per request and need no watermark.
+    reserves_max_len: ClassVar[bool] = False
+
+    def __init__(self, config: SchedulerConfig, num_blocks: int):
+        self.config = config
+        watermark = 0.0 if self.reserves_max_len else config.watermark
+        self.blocks = BlockManager(num_blocks, config.block_size, watermark)
+        needed = self.blocks.blocks_for(config.max_model_len) + self.blocks.watermark_blocks
+        if self.reserves_max_len and needed > num_blocks:
+            raise KVCacheTooSmallError(
+                f"KV cache of {num_blocks} blocks cannot hold one request of max_model_len="
+                f"{config.max_model_len} tokens ({needed} blocks); lower max_model_len or give the "
+                "cache more memory")
+        self.waiting: deque[Request] = deque()  # arrived, not running; preempted ones at the front
+        self.running: list[Request] = []       # admitted, oldest arrival first (FCFS)
+        self.num_unfinished = 0
+
+    @classmethod
+    def peak_batch_tokens(cls, config: SchedulerConfig) -> int:
+        """The most tokens one forward pass can hold (sizes the activation reserve)."""
+        return config.max_model_len
+
+    # ---- requests in -------------------------------------------------------------------------
+    def check_request(self, req: Request) -> None:
+        """Raise RequestRejectedError if this request can never be served."""
+        cfg = self.config
+        if req.total_len > cfg.max_model_len:
+            raise RequestRejectedError(
+                f"request {req.id} needs {req.total_len} tokens (prompt {req.prompt_len} + output "
+                f"{req.decode_len}) but max_model_len={cfg.max_model_len}; clip the workload "
+                "(workload.max_tokens) or raise max_model_len")
+        # Its largest recompute prompt (all but the last token) must fit above the watermark.
+        needed = self.blocks.blocks_for(req.total_len) + self.blocks.watermark_blocks
+        if not self.reserves_max_len and needed > self.blocks.num_blocks:
+            raise RequestRejectedError(
+                f"request {req.id} needs {needed} KV blocks ({req.total_len} tokens) but the cache "
+                f"has {self.blocks.num_blocks}; shorten requests or give the KV cache more memory")
+
+    def add_request(self, req: Request) -> None:
+        """Called when `req` arrives (never before: the queue holds only arrived requests)."""
+        self.check_request(req)
+        self.waiting.append(req)
+        self.num_unfinished += 1
+
+    # ---- the policy ----------------------------------------------------------------------------
+    def schedule(self, now: float) -> Batch | None:
+        """The next batch, or None when there is nothing to run until another request arrives."""
+        raise NotImplementedError
+
+    # ---- shared mechanisms ---------------------------------------------------------------------
+    def _admission_blocks(self, req: Request) -> int:
+        if self.reserves_max_len:
+            return self.blocks.blocks_for(self.config.max_model_len)
+        return self.blocks.blocks_for(req.prefill_len)
+
+    def _try_admit(self, req: Request) -> bool:
+        """Reserve KV for `req` and move it to running, if memory and the batch-size cap allow."""
+        if len(self.running) >= self.config.max_num_seqs:
+            return False
+        blocks = self.blocks
+        needed = self._admission_blocks(req)
+        if blocks.num_free - needed < blocks.watermark_blocks:
+            return False
+        req.start_prefill(blocks.allocate(needed))
+        bisect.insort_right(self.running, req, key=_arrival)  # = append + stable FCFS sort
+        return True
+
+    def _preempt(self, req: Request, batch: Batch) -> None:
+        self.blocks.free(req.preempt())
+        self.waiting.appendleft(req)
+        batch.preempted.append(req)
+
+    def _decode_pass(self, batch: Batch) -> list[Request]:
+        """Give every running, prompt-complete request one decode token, oldest first.
+
+        When a decode needs a new block and none is free, the youngest running request not yet
+        visited is preempted (recompute); if none is left, the request itself is. Returns the
+        running requests whose prompt is still incomplete, in FCFS order.
+        """
+        running = self.running
+        block_size = self.blocks.block_size
+        free = self.blocks._free  # direct access: this loop runs once per decode token
+        decodes = batch.decodes
+        partial = []
+        kv_tokens = 0
+        i, end = 0, len(running)
+        while i < end:
+            req = running[i]
+            i += 1
+            if req.state == _PREFILLING:
+                partial.append(req)
+                continue
+            context = req.prompt_len + req.generated
+            if context > len(req.blocks) * block_size:
+                while not free and end > i:
+                    end -= 1
+                    self._preempt(running[end], batch)
+                if not free:
+                    self._preempt(req, batch)
+                    continue
+                req.blocks.append(free.pop())
+            decodes.append(req)
+            kv_tokens += context
+        batch.decode_kv_tokens = kv_tokens
+        if batch.preempted:
+            self.running = [r for r in running if r.state != State.WAITING]
+        return partial
+
+    def on_batch_end(self, batch: Batch, now: float) -> tuple[list[Request], list[Request]]:
+        """Apply a finished batch; returns (requests that emitted a token, requests that finished)."""
+        emitted = batch.decodes.copy()
+        finished = []
+        for req in emitted:
+            req.generated += 1
+            if req.generated == req.decode_len:
+                finished.append(req)
+        for req, _start, chunk in batch.prefills:
+            if req.finish_chunk(chunk):
+                emitted.append(req)
+                if req.generated == req.decode_len:
+                    finished.append(req)
+        if finished:
+            for req in finished:
+                req.state = _FINISHED
+                self.blocks.free(req.blocks)
+                req.blocks = []
+            self.running = [r for r in self.running if r.state != _FINISHED]
+            self.num_unfinished -= len(finished)
+        return emitted, finished

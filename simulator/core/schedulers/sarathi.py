@@ -1,0 +1,37 @@
+"""Sarathi-Serve: stall-free batching with chunked prefills (reference-semantics §4).
+
+Each iteration first gives every running decode its token (decodes are never held back), then
+spends what is left of the `chunk_size` token budget on prompts: first continuing the partially
+prefilled ones, oldest first, then admitting new ones chunk by chunk. A long prompt thus rolls
+over several iterations while decodes keep flowing.
+"""
+from __future__ import annotations
+
+from ..batch import Batch
+from .base import Scheduler, SchedulerConfig
+
+
+class SarathiScheduler(Scheduler):
+    name = "sarathi"
+
+    @classmethod
+    def peak_batch_tokens(cls, config: SchedulerConfig) -> int:
+        return max(config.chunk_size, config.max_num_seqs)  # decodes are never held back
+
+    def schedule(self, now: float) -> Batch | None:
+        batch = Batch()
+        partial = self._decode_pass(batch)
+        budget = self.config.chunk_size - len(batch.decodes)
+        for req in partial:
+            if budget <= 0:
+                break  # the rest keep their blocks and wait for a later iteration
+            chunk = min(req.remaining_prefill, budget)
+            batch.add_prefill(req, chunk)
+            budget -= chunk
+        waiting = self.waiting
+        while waiting and budget > 0 and self._try_admit(waiting[0]):
+            req = waiting.popleft()
+            chunk = min(req.prefill_len, budget)
+            batch.add_prefill(req, chunk)
+            budget -= chunk
+        return batch if batch.size else None

@@ -1,0 +1,111 @@
+"""One simulation from a composed config: build the pieces, run, write the run directory.
+
+Everything a config can get wrong is checked here, before the clock starts, and raised as a
+ValueError (or FileNotFoundError) whose message is the one line the command line prints.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from profiler.cost_model import CostModel, build_cost_model
+from profiler.hardware import HardwareSpec
+
+from .core.kv_capacity import kv_capacity
+from .core.metrics import check_conservation
+from .core.model_spec import ModelSpec
+from .core.request import Request
+from .core.schedulers import SCHEDULERS, SchedulerConfig, make_scheduler
+from .core.workload import Workload, workload_from_config
+from .engine import simulate
+from .outputs import write_run
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_TOP_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "engine", "cost_model",
+             "shared_data_dir", "output_dir"}
+
+
+@dataclass
+class Setup:
+    """The validated pieces of a run, before anything has run."""
+    model: ModelSpec
+    hardware: HardwareSpec
+    tp: int
+    scheduler_name: str
+    scheduler_config: SchedulerConfig
+    num_blocks: int
+    capacity_line: str
+    workload: Workload
+    cost_model: CostModel
+
+
+def shared_data_dir(cfg: Mapping[str, Any]) -> Path:
+    configured = cfg.get("shared_data_dir")
+    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
+
+
+def prepare(cfg: Mapping[str, Any]) -> Setup:
+    unknown = sorted(set(cfg) - _TOP_KEYS)
+    if unknown:
+        raise ValueError(f"unknown top-level config keys {unknown}; known: {sorted(_TOP_KEYS)}")
+    model = ModelSpec.from_config(cfg["model"])
+    hardware = HardwareSpec.from_config(cfg["hardware"])
+    tp = int(cfg["parallel"]["tp"])
+    model.check_tp(tp)
+    sched = dict(cfg["scheduler"])
+    name = sched.pop("name", None)
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)} (scheduler=<name>)")
+    sched_config = SchedulerConfig.from_config(sched)
+    engine = dict(cfg["engine"])
+    if engine.get("num_blocks"):
+        num_blocks = int(engine["num_blocks"])
+        capacity_line = f"KV cache: {num_blocks} blocks of {sched_config.block_size} tokens (engine.num_blocks)"
+    else:
+        peak_tokens = SCHEDULERS[name].peak_batch_tokens(sched_config)
+        capacity = kv_capacity(model, tp, hardware.memory_bytes, float(engine["gpu_memory_utilization"]),
+                               peak_tokens, sched_config.block_size)
+        num_blocks = capacity.num_blocks
+        capacity_line = capacity.describe(sched_config.block_size)
+    data_dir = shared_data_dir(cfg)
+    workload = workload_from_config(cfg["workload"], data_dir)
+    cost_name = cfg.get("cost_model", "auto")
+    cost_model = build_cost_model(model, hardware, tp, name="analytical" if cost_name == "auto" else cost_name,
+                                  data_dir=data_dir)
+    return Setup(model, hardware, tp, name, sched_config, num_blocks, capacity_line, workload, cost_model)
+
+
+def make_requests(workload: Workload) -> list[Request]:
+    return [Request(i, float(a), int(p), int(d))
+            for i, (a, p, d) in enumerate(zip(workload.arrival, workload.prefill, workload.decode))]
+
+
+def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print) -> dict[str, Any]:
+    """Run one simulation and write its directory; returns the summary."""
+    setup = prepare(cfg)
+    log(setup.capacity_line)
+    scheduler = make_scheduler(setup.scheduler_name, setup.scheduler_config, setup.num_blocks)
+    requests = make_requests(setup.workload)
+    wall = time.perf_counter()
+    recorder = simulate(requests, scheduler, setup.cost_model.batch_time)
+    tables = recorder.finalize()
+    breakdown = setup.cost_model.breakdown(tables.batches)
+    tables.batches.update({f"cost_{op}_s": seconds for op, seconds in breakdown.items()})
+    meta = {
+        "mode": "sim",
+        "scheduler": setup.scheduler_name,
+        "scheduler_config": vars(setup.scheduler_config),
+        "model": setup.model.name,
+        "tp": setup.tp,
+        "hardware": setup.hardware.name,
+        "cost_model": setup.cost_model.label,
+        "workload": setup.workload.description,
+        "kv_cache_blocks": setup.num_blocks,
+    }
+    summary = write_run(out_dir, tables, meta)
+    log(f"simulated {len(requests)} requests, {summary['num_batches']} batches in "
+        f"{time.perf_counter() - wall:.2f} s wall -> {out_dir}")
+    check_conservation(tables.conservation)
+    return summary
