@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .hardware import AlphaBeta, AllReduceSpec
+from .hardware import AllReduceSpec, AlphaBeta, HardwareSpec
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data from the repo
 _CSV_ELEMENT_BYTES = 2  # the table's `size` counts fp16 elements
@@ -104,23 +104,21 @@ def _refit(hardware_yaml: Path, data_dir: Path) -> str:
     """The `fallback:` yaml block for a hardware config, fitted from its measured csv."""
     from omegaconf import OmegaConf  # only this command-line tool reads yaml itself
 
-    from .hardware import HardwareSpec
-
     spec = HardwareSpec.from_config(OmegaConf.to_container(OmegaConf.load(hardware_yaml))).all_reduce
     if spec.csv is None or not (data_dir / spec.csv).is_file():
         raise SystemExit(f"{hardware_yaml}: all_reduce.csv={spec.csv!r} not found in {data_dir}")
     lines = [f"  # fitted by `python -m profiler.all_reduce {hardware_yaml}` from ../shared/data/{spec.csv}",
              "  # (microsoft/vidur data/profiling/network, MIT): relative least squares over the measured sizes",
              "  fallback:"]
-    for workers in (2, 4, 8):
+    with open(data_dir / spec.csv, newline="") as f:
+        counts = sorted({int(row["num_workers"]) for row in csv.DictReader(f)})
+    for workers in counts:
         curve = load_curve(data_dir / spec.csv, workers)
-        if curve is None:
-            continue
         ab = fit_alpha_beta(*curve, workers)
         error = np.abs(AllReduceModel("", alpha_beta=ab).seconds(curve[0]) / curve[1] - 1)
         lines.append(f"    - {{num_workers: {workers}, alpha_us: {ab.alpha_us:.1f}, "
                      f"bandwidth_gbps: {ab.bandwidth_gbps:.1f}}}  # error vs table: median "
-                     f"{np.median(error):.0%}, worst {error.max():.0%}")
+                     f"{np.median(error):.0%}, worst {error.max():.0%} at {curve[0][error.argmax()] / 1e6:.3g} MB")
     return "\n".join(lines)
 
 

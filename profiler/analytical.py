@@ -74,7 +74,7 @@ class AnalyticalCostModel(CostModel):
                       f"efficiency: matmul {eff.matmul:g}, attention {eff.attention:g}, memory "
                       f"{eff.memory:g}), {all_reduce}, CPU overhead {hardware.cpu_overhead_ms:g} ms/iteration")
 
-        self._token_time: list[float] = []   # by token count: everything but attention and sampling
+        self._token_time: list[float] = []   # by token count: all but attention, LM head, sampling
         self._sample_time: list[float] = []  # by sampled-token count: LM head and sampling
         self._grow(max_tokens)
 
@@ -107,7 +107,7 @@ class AnalyticalCostModel(CostModel):
 
     # ---- operations --------------------------------------------------------------------------
     def _kernel(self, flops: Any, nbytes: Any) -> np.ndarray:
-        """Roofline time of one matmul-class kernel (pass flops=0 for bandwidth-bound kernels)."""
+        """Roofline time of one kernel, FLOPs at matmul efficiency (flops=0: bandwidth-bound)."""
         return np.maximum(np.maximum(flops / self._matmul_flops, nbytes / self._bandwidth), self._floor)
 
     def _token_ops(self, n: np.ndarray) -> dict[str, np.ndarray]:
@@ -115,7 +115,7 @@ class AnalyticalCostModel(CostModel):
         m, layers = self.model, self.model.num_layers
         h, b = m.hidden_size, m.dtype_bytes
         heads, kv_heads = m.heads_per_rank(self.tp), m.kv_heads_per_rank(self.tp)
-        act = n * b  # bytes of one activation element per token, for all tokens
+        act = n * b  # bytes of one activation element, over all the batch's tokens
         ops = {
             "cpu_overhead": np.full_like(n, self._cpu_overhead),
             "embedding": self._kernel(0, 2 * act * h),  # gather rows, write activations

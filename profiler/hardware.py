@@ -66,9 +66,9 @@ class HardwareSpec:
         bw = r.number("mem_bandwidth_gbps", "the datasheet HBM bandwidth in GB/s, e.g. 1935")
         e = r.section("efficiency")
         efficiency = Efficiency(
-            matmul=e.fraction("matmul", "the fraction of peak large bf16 GEMMs reach, typically 0.6-0.8"),
-            attention=e.fraction("attention", "the fraction of peak attention kernels reach, typically 0.4-0.7"),
-            memory=e.fraction("memory", "the fraction of HBM bandwidth streaming kernels reach, typically 0.7-0.9"),
+            matmul=e.fraction("matmul", "the share of peak that large bf16 GEMMs reach, typ. 0.6-0.8"),
+            attention=e.fraction("attention", "the share of peak attention kernels reach, typ. 0.4-0.7"),
+            memory=e.fraction("memory", "the share of HBM bandwidth streaming kernels reach, typ. 0.7-0.9"),
         )
         e.no_extra()
         floor = r.number("kernel_launch_floor_us", "the shortest kernel time in microseconds, e.g. 5",
@@ -88,10 +88,11 @@ class HardwareSpec:
 
 
 def _alpha_beta(r: "_Reader") -> AlphaBeta:
-    entry = AlphaBeta(r.integer("num_workers", 2, "the number of GPUs in the all-reduce (one GPU "
-                                                  "needs no all-reduce)"),
-                      r.number("alpha_us", "the fitted latency in microseconds", allow_zero=True),
-                      r.number("bandwidth_gbps", "the fitted effective bandwidth in GB/s"))
+    entry = AlphaBeta(
+        num_workers=r.integer("num_workers", 2, "the GPU count it was fitted for (1 GPU needs none)"),
+        alpha_us=r.number("alpha_us", "the fitted latency in microseconds", allow_zero=True),
+        bandwidth_gbps=r.number("bandwidth_gbps", "the fitted effective bandwidth in GB/s"),
+    )
     r.no_extra()
     return entry
 

@@ -115,7 +115,8 @@ def scale_and_clip(prefill: np.ndarray, decode: np.ndarray, prefill_scale: float
     """Reference-semantics §1 steps 1-3: scale and truncate, clip to max_tokens, clamp to >= 1.
 
     The clip removes ceil(E*P/T) prompt and ceil(E*D/T) output tokens, E = max(0, T - max_tokens),
-    so it may remove one token more than E; no request is dropped.
+    so it may remove one token more than E; no request is dropped. Lengths are per request, so
+    the result does not depend on which requests are clipped together.
     """
     prefill = (np.asarray(prefill, np.float64) * prefill_scale).astype(np.int64)
     decode = (np.asarray(decode, np.float64) * decode_scale).astype(np.int64)
@@ -128,9 +129,13 @@ def scale_and_clip(prefill: np.ndarray, decode: np.ndarray, prefill_scale: float
     decode[over] -= np.ceil(excess * (decode[over] / total[over])).astype(np.int64)
     np.maximum(prefill, 1, out=prefill)
     np.maximum(decode, 1, out=decode)
+    # The reference asserts this. It fails only where a zero length, raised to 1, pushes a
+    # request that sits at exactly max_tokens after the clip over it.
     too_long = np.flatnonzero(prefill + decode > max_tokens)
-    if too_long.size:  # the reference asserts this; reachable only through float rounding
+    if too_long.size:
         i = int(too_long[0])
-        raise ValueError(f"request {i}: {prefill[i]} + {decode[i]} tokens still exceed "
-                         f"workload.max_tokens = {max_tokens} after clipping")
+        raise WorkloadConfigError(
+            f"workload.max_tokens = {max_tokens}: request {i} has {prefill[i]} prompt + "
+            f"{decode[i]} output tokens after a zero length was raised to 1; raise "
+            "workload.max_tokens or drop zero-length rows from the trace")
     return prefill, decode

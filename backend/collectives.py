@@ -1,0 +1,106 @@
+"""Tensor-parallel collectives as one pluggable object, so the model never asks how it is sharded.
+
+- `SingleGPU`: tp=1, nothing to communicate.
+- `Distributed`: one process per rank in a torch.distributed group (NCCL on GPUs, gloo on CPU).
+- `Emulated`: one rank's shard runs alone (fewer GPUs than tp). The collectives are either
+  omitted, or replaced by a modelled delay: the GPU (or CPU) spins for the time an all-reduce of
+  that many bytes takes on the target hardware (`profiler.all_reduce.AllReduceModel`). Outputs
+  are then those of one shard, not of the model, and `label` says so.
+
+Every collective returns its result; `all_reduce` sums a row-parallel output across ranks and
+`all_gather` concatenates vocab-parallel logits along the last dimension.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+EMULATION_MODES = ("omit", "modelled")
+
+
+def _where(device: torch.device) -> str:
+    return "GPU" if device.type == "cuda" else "CPU"
+
+
+class SingleGPU:
+    def __init__(self, device: torch.device):
+        self.label = f"tp=1 on 1 {_where(device)}"
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Distributed:
+    def __init__(self, tp: int, device: torch.device):
+        if not dist.is_initialized() or dist.get_world_size() != tp:
+            raise RuntimeError(f"tp={tp} needs an initialised torch.distributed group of {tp} ranks")
+        self.tp = tp
+        self.label = f"tp={tp} on {tp} {_where(device)}s ({dist.get_backend()})"
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(x)
+        return x
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(self.tp)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=-1)
+
+
+class Emulated:
+    """One shard of a tp-way model on one device, with collectives omitted or modelled.
+
+    `seconds(nbytes)` (modelled mode) is the all-reduce time of a message of that size. An
+    all-gather that leaves B bytes on each rank moves as much data as an all-reduce of B/2 bytes
+    (ring algorithms), so it is charged that.
+    """
+
+    def __init__(self, tp: int, device: torch.device, mode: str,
+                 seconds: Callable[[float], float] | None = None, source: str = ""):
+        if mode not in EMULATION_MODES:
+            raise ValueError(f"parallel.emulation={mode!r} must be one of {EMULATION_MODES}")
+        if mode == "modelled" and seconds is None:
+            raise ValueError("parallel.emulation=modelled needs an all-reduce time model "
+                             "(hardware.all_reduce); use emulation=omit without one")
+        self.tp = tp
+        self._seconds = seconds if mode == "modelled" else None
+        what = "all-reduce omitted" if mode == "omit" else f"all-reduce modelled ({source})"
+        self.label = f"tp={tp} emulated on 1 {_where(device)}: {what}"
+        self._spin = _gpu_spinner(device) if device.type == "cuda" else _cpu_spin
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self._seconds is not None:
+            self._spin(self._seconds(x.numel() * x.element_size()))
+        return x
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        if self._seconds is not None:
+            self._spin(self._seconds(self.tp * x.numel() * x.element_size() / 2))
+        return x  # this shard's logits only: sampled tokens are those of the shard
+
+
+def _cpu_spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _gpu_spinner(device: torch.device) -> Callable[[float], None]:
+    """A function that keeps the GPU's stream busy for a given time (torch.cuda._sleep spins
+    for a number of clock cycles; the cycle rate is measured once here)."""
+    cycles = 10_000_000
+    with torch.cuda.device(device):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(cycles)  # warm-up
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+    cycles_per_second = cycles / (start.elapsed_time(end) * 1e-3)
+    return lambda seconds: torch.cuda._sleep(int(seconds * cycles_per_second))
