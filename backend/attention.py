@@ -148,12 +148,12 @@ def _paged_attention_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
         part_acc_ptr, part_m_ptr, part_l_ptr,
         query_start_ptr, context_lens_ptr, block_tables_ptr,
-        num_seqs, num_tiles, num_tokens, qk_scale,
+        num_seqs, num_tiles, num_tokens, num_splits, qk_scale,
         stride_qt, stride_qh, stride_ot, stride_oh,
         stride_kb, stride_ks, stride_kh, stride_bt,
         NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
         BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        KV_BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr):
+        KV_BLOCK_SIZE: tl.constexpr, WRITE_PARTIALS: tl.constexpr):
     BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
     ROW_FLOOR: tl.constexpr = -1.0e30  # finite "max so far" so exp2 never sees -inf - -inf
 
@@ -198,7 +198,7 @@ def _paged_attention_kernel(
     # Keys [kv_lo, kv_hi) belong to this split of the tile's causal KV range. Split boundaries
     # are BLOCK_N-aligned so tiles never straddle two splits.
     kv_end = num_cached + tl.minimum(q_tile_start + BLOCK_Q, num_query)
-    split_len = tl.cdiv(tl.cdiv(kv_end, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    split_len = tl.cdiv(tl.cdiv(kv_end, num_splits), BLOCK_N) * BLOCK_N
     kv_lo = split * split_len
     kv_hi = tl.minimum(kv_lo + split_len, kv_end)
     # Every row sees keys up to the tile's first position, so whole tiles below it need no mask.
@@ -220,31 +220,30 @@ def _paged_attention_kernel(
                                         k_head_ptr, v_head_ptr, table_row_ptr, stride_kb, stride_ks,
                                         qk_scale, KV_BLOCK_SIZE, True)
 
-    if NUM_SPLITS == 1:
-        # Padding rows may have l_i = 0; they are not stored, the guard only avoids 0/0.
-        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        out_offsets = q_rows[:, None] * stride_ot + q_head[:, None] * stride_oh + offs_d[None, :]
-        tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
-    else:
+    if WRITE_PARTIALS:
         # Partial state per (split, token, query head), combined by _combine_splits_kernel.
         part_rows = (split * num_tokens + q_rows) * (NUM_KV_HEADS * GROUP) + q_head
         tl.store(part_m_ptr + part_rows, m_i, mask=row_valid)
         tl.store(part_l_ptr + part_rows, l_i, mask=row_valid)
         tl.store(part_acc_ptr + part_rows[:, None] * HEAD_DIM + offs_d[None, :], acc,
                  mask=row_valid[:, None])
+    else:
+        # Padding rows may have l_i = 0; they are not stored, the guard only avoids 0/0.
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        out_offsets = q_rows[:, None] * stride_ot + q_head[:, None] * stride_oh + offs_d[None, :]
+        tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
 
 
 @triton.jit
-def _combine_splits_kernel(part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, num_tokens,
+def _combine_splits_kernel(part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, num_tokens, num_splits,
                            stride_ot, stride_oh, NUM_Q_HEADS: tl.constexpr,
-                           HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                           SPLITS_PAD: tl.constexpr):
+                           HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr):
     """Merge the per-split softmax states of one (token, query head) into the final output."""
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
-    split_valid = offs_s < NUM_SPLITS
+    split_valid = offs_s < num_splits
     rows = (offs_s * num_tokens + token) * NUM_Q_HEADS + head
     m = tl.load(part_m_ptr + rows, mask=split_valid, other=float("-inf"))
     l = tl.load(part_l_ptr + rows, mask=split_valid, other=0.0)
@@ -334,16 +333,17 @@ def triton_paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     _paged_attention_kernel[(num_programs, num_splits)](
         query, k_cache, v_cache, out, part_acc, part_m, part_l,
         meta.query_start, meta.context_lens, meta.block_tables,
-        num_seqs, num_tiles, num_tokens, scale * math.log2(math.e),
+        num_seqs, num_tiles, num_tokens, num_splits, scale * math.log2(math.e),
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q,
-        BLOCK_N=_BLOCK_N, HEAD_DIM=head_dim, KV_BLOCK_SIZE=block_size, NUM_SPLITS=num_splits,
+        BLOCK_N=_BLOCK_N, HEAD_DIM=head_dim, KV_BLOCK_SIZE=block_size,
+        WRITE_PARTIALS=num_splits > 1,
         num_warps=8 if block_m >= 128 else 4, num_stages=2 if block_m >= 128 else 3)
     if num_splits > 1:
         _combine_splits_kernel[(num_tokens, num_q_heads)](
-            part_acc, part_m, part_l, out, num_tokens, out.stride(0), out.stride(1),
-            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, NUM_SPLITS=num_splits,
+            part_acc, part_m, part_l, out, num_tokens, num_splits, out.stride(0), out.stride(1),
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim,
             SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4)
     return out
 

@@ -91,12 +91,12 @@ class DecoderLayer(ShardedModule):
         tokens, d = x.shape[0], self.head_dim
         q_size, kv_size = self.num_heads * d, self.num_kv_heads * d
         h = F.rms_norm(x, x.shape[-1:], self.input_norm, RMS_EPS)
-        q, k, v = F.linear(h, self.qkv).split((q_size, kv_size, kv_size), dim=-1)
-        q = apply_rope(q.view(tokens, self.num_heads, d), cos, sin)
-        k = apply_rope(k.view(tokens, self.num_kv_heads, d), cos, sin)
-        write_kv(k, v.reshape(tokens, self.num_kv_heads, d), k_cache, v_cache, meta.slot_mapping)
+        qk, v = F.linear(h, self.qkv).split((q_size + kv_size, kv_size), dim=-1)
+        qk = apply_rope(qk.view(tokens, self.num_heads + self.num_kv_heads, d), cos, sin)  # q, k at once
+        q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]
+        write_kv(k, v.view(tokens, self.num_kv_heads, d), k_cache, v_cache, meta.slot_mapping)
         attn = paged_attention(q, k_cache, v_cache, meta, d ** -0.5)
-        x = x + comm.all_reduce(F.linear(attn.view(tokens, q_size), self.o_proj))
+        x = x + comm.all_reduce(F.linear(attn.reshape(tokens, q_size), self.o_proj))
         h = F.rms_norm(x, x.shape[-1:], self.post_norm, RMS_EPS)
         gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
         return x + comm.all_reduce(F.linear(F.silu(gate) * up, self.down))

@@ -146,6 +146,9 @@ KERNEL_CASES = {
     "mixed": ([(0, 37), (49, 1), (23, 20), (129, 1), (64, 70)], 4, 2, 64),
     # Group of 3 query heads per KV head: padded rows inside every tile.
     "group3": ([(5, 33), (80, 1), (0, 1), (16, 16)], 6, 2, 16),
+    # One query head per KV head, and a chunk after many short sequences: later sequences'
+    # tiles start past the spare tiles of earlier ones.
+    "mha": ([(3, 16)] + [(10 * i, 1) for i in range(1, 9)] + [(40, 16), (2, 5)], 2, 2, 16),
 }
 KERNEL_DTYPES = [
     torch.float32,

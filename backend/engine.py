@@ -1,0 +1,96 @@
+"""The real engine: the simulator's replica loop (simulator/engine.py) on the wall clock, with
+batches run on the model by an executor (tp.py) instead of priced by a cost model.
+
+Requests join the scheduler once the time since the run started passes their arrival; with
+nothing to run, the loop sleeps until the next arrival. Per batch it records, besides the
+events the simulator records, `gpu_time` (the forward pass and sampling, timed on the device)
+and `cpu_time` (scheduling and input preparation). A batch starts when it is scheduled and ends
+when its tokens are back on the host; times are seconds since the run started.
+
+Before the timed run a few warm-up iterations (a prompt chunk, a decode, both together) compile
+and load the kernels; they are neither timed nor recorded, and the log says how many ran.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable, Sequence
+
+from tqdm import tqdm
+
+from simulator.core.metrics import MetricsRecorder
+from simulator.core.request import Request
+from simulator.core.schedulers import Scheduler
+
+from .runner import Step
+
+WARMUP_TOKENS = 64
+
+
+class SchedulerStuckError(RuntimeError):
+    pass
+
+
+def warm_up(executor, rounds: int, num_blocks: int, block_size: int) -> int:
+    """Run `rounds` × (prompt chunk, decode, mixed) steps; returns the number of iterations."""
+    prompt = Step.dummy([min(WARMUP_TOKENS, num_blocks * block_size)], block_size)
+    _, n, blocks = prompt.seqs[0]
+    decode_blocks = list(range(num_blocks - len(blocks), num_blocks))  # away from the prompt's
+    decode = Step([(n - 1, 1, decode_blocks)], prompt.fill)
+    mixed = Step(decode.seqs + prompt.seqs, decode.fill + prompt.fill)
+    for _ in range(rounds):
+        for step in (prompt, decode, mixed):
+            executor.execute(step)
+    return 3 * rounds
+
+
+def serve(requests: Sequence[Request], scheduler: Scheduler, executor, warmup_rounds: int = 1,
+          progress: bool = True, log: Callable[[str], None] = print) -> MetricsRecorder:
+    """Run all `requests` (ids 0..n-1, sorted by arrival) to completion; returns the recorder."""
+    if any(a.arrival > b.arrival for a, b in itertools.pairwise(requests)):
+        raise ValueError("requests must be sorted by arrival time")
+    for req in requests:
+        scheduler.check_request(req)  # reject impossible requests before anything runs
+    blocks = scheduler.blocks
+    if blocks.num_blocks > executor.num_blocks:
+        raise ValueError(f"the scheduler manages {blocks.num_blocks} KV blocks but the executor's "
+                         f"cache holds {executor.num_blocks}; build the scheduler with "
+                         "executor.num_blocks")
+    log(f"real engine: {executor.label}; KV cache: {blocks.num_blocks} blocks of "
+        f"{blocks.block_size} tokens ({blocks.num_blocks * blocks.block_size:,} tokens) per rank")
+    iterations = warm_up(executor, warmup_rounds, blocks.num_blocks, blocks.block_size)
+    log(f"warm-up: {iterations} iterations before the timed run (not recorded)")
+
+    recorder = MetricsRecorder(requests)
+    last_token: dict[int, int] = {}  # request id -> token sampled in its latest iteration
+    n, arrived, finished_total = len(requests), 0, 0
+    t0 = time.perf_counter()
+    with tqdm(total=n, desc="requests finished", disable=not progress) as bar:
+        while finished_total < n:
+            now = time.perf_counter() - t0
+            while arrived < n and requests[arrived].arrival <= now:
+                scheduler.add_request(requests[arrived])
+                arrived += 1
+            batch = scheduler.schedule(now)
+            if batch is None:
+                if arrived == n:
+                    raise SchedulerStuckError(
+                        f"{scheduler.name} scheduled nothing at t={now:.3f}s with "
+                        f"{len(scheduler.waiting)} waiting and {len(scheduler.running)} running")
+                time.sleep(max(0.0, requests[arrived].arrival - (time.perf_counter() - t0)))
+                continue
+            step = Step.from_batch(batch, last_token)
+            schedule_time = time.perf_counter() - t0 - now
+            tokens, gpu_time, prep_time = executor.execute(step)
+            sequences = itertools.chain(batch.decodes, (req for req, _, _ in batch.prefills))
+            for req, token in zip(sequences, tokens):
+                last_token[req.id] = token
+            end = time.perf_counter() - t0
+            emitted, finished = scheduler.on_batch_end(batch, end)
+            recorder.on_batch(batch, now, end, emitted, finished, blocks.num_used,
+                              gpu_time=gpu_time, cpu_time=schedule_time + prep_time)
+            for req in finished:
+                del last_token[req.id]
+            finished_total += len(finished)
+            bar.update(len(finished))
+    return recorder

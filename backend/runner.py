@@ -1,0 +1,181 @@
+"""One rank's model runner: a batch description in, sampled tokens and timings out.
+
+A `Step` is the plain-data form of a scheduler `Batch` (picklable, sent to every TP rank): per
+sequence `(start, num_tokens, block table)` and the token id it feeds. Prompt tokens are all 1
+(as in the reference); a decode feeds the token sampled for that request in its previous
+iteration. Every sequence samples at its last position (greedy); the token sampled after a
+prompt chunk that does not finish the prompt is simply not used.
+
+Timing: on a GPU, CUDA events bracket the forward pass and the sampling (`gpu` seconds); on the
+CPU, `time.perf_counter` does. Building the input tensors and the attention metadata is timed
+separately (`prep` seconds, CPU). Inputs are not padded: the GEMMs take any token count.
+
+KV capacity (reference-semantics §6): after the weights are loaded, one forward of the largest
+batch the scheduler can issue measures the activation peak; the cache then gets
+total memory × gpu_memory_utilization − (memory in use + activation peak), bounded by what is
+actually free. On the CPU the block count is configured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from simulator.core.batch import Batch
+from simulator.core.block_manager import KVCacheTooSmallError
+from simulator.core.model_spec import ModelSpec
+from simulator.core.schedulers import SchedulerConfig
+
+from .attention import AttentionMetadata
+from .kv_cache import PagedKVCache
+from .model import LlamaShard
+from .weights import init_random_weights
+
+PROMPT_TOKEN = 1
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    model: ModelSpec
+    tp: int = 1
+    num_layers: int | None = None       # override model.num_layers for short validation runs
+    block_size: int = 16
+    seed: int = 42
+    device: str = "auto"                # "auto": cuda if available, else cpu
+    dtype: str = "auto"                 # "auto": bfloat16 on cuda, float32 on cpu
+    weights: str = "auto"               # "exact" | "per_rank"; "auto": exact on cpu, per_rank on cuda
+    num_blocks: int | None = None       # KV blocks per rank; required on cpu, measured on cuda if None
+    gpu_memory_utilization: float = 0.85
+    emulation: str | None = None        # tp>1 on one device: "omit" | "modelled" (see collectives.py)
+
+    def resolved(self) -> "RunnerConfig":
+        """Every "auto" replaced by its value on this machine; the layer override applied."""
+        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        on_gpu = device.startswith("cuda")
+        if not on_gpu and self.num_blocks is None:
+            raise ValueError("backend.num_blocks must be set when running on the CPU "
+                             "(there is no GPU memory to size the KV cache from)")
+        model = self.model
+        if self.num_layers is not None:
+            model = dataclasses.replace(model, num_layers=self.num_layers)
+        return dataclasses.replace(
+            self, model=model, num_layers=None, device=device,
+            dtype=self.dtype if self.dtype != "auto" else ("bfloat16" if on_gpu else "float32"),
+            weights=self.weights if self.weights != "auto" else ("per_rank" if on_gpu else "exact"))
+
+
+@dataclass
+class Step:
+    seqs: list[tuple[int, int, list[int]]]  # (start, num_tokens, block table) per sequence
+    fill: list[int]                         # the token id fed at every position of sequence i
+
+    @classmethod
+    def from_batch(cls, batch: Batch, last_token: dict[int, int]) -> "Step":
+        """Decodes first (request order of `batch.decodes`), then prompt chunks."""
+        seqs = [(req.context_len - 1, 1, req.blocks) for req in batch.decodes]
+        fill = [last_token.get(req.id, PROMPT_TOKEN) for req in batch.decodes]
+        seqs += [(start, chunk, req.blocks) for req, start, chunk in batch.prefills]
+        fill += [PROMPT_TOKEN] * len(batch.prefills)
+        return cls(seqs, fill)
+
+    @classmethod
+    def dummy(cls, lengths: list[int], block_size: int) -> "Step":
+        """Prompts of the given lengths from position 0, on consecutive blocks from block 0."""
+        seqs, block = [], 0
+        for n in lengths:
+            count = -(-n // block_size)
+            seqs.append((0, n, list(range(block, block + count))))
+            block += count
+        return cls(seqs, [PROMPT_TOKEN] * len(lengths))
+
+
+def profile_lengths(scheduler: str, cfg: SchedulerConfig) -> list[int]:
+    """The largest forward pass a scheduler can issue, as prompt lengths (reference §6): one
+    chunk for Sarathi; max_num_seqs prompts sharing the token cap for the others."""
+    if scheduler == "sarathi":
+        return [min(cfg.chunk_size, cfg.max_model_len)]
+    tokens = cfg.max_tokens_in_batch or cfg.max_model_len
+    n = min(cfg.max_num_seqs, tokens)
+    return [tokens // n + (i < tokens % n) for i in range(n)]
+
+
+class ModelRunner:
+    def __init__(self, cfg: RunnerConfig, rank: int, comm):
+        self.cfg = cfg  # resolved
+        self.device = torch.device(cfg.device)
+        self.on_gpu = self.device.type == "cuda"
+        self.dtype = getattr(torch, cfg.dtype)
+        self.model = LlamaShard(cfg.model, cfg.tp, rank, comm, self.dtype, self.device)
+        init_random_weights(self.model, cfg.seed, cfg.weights)
+        self.kv: PagedKVCache | None = None
+
+    def _new_cache(self, num_blocks: int) -> PagedKVCache:
+        m = self.cfg.model
+        return PagedKVCache(m.num_layers, num_blocks, self.cfg.block_size,
+                            m.kv_heads_per_rank(self.cfg.tp), m.head_dim, self.dtype, self.device)
+
+    def block_bytes(self) -> int:
+        m = self.cfg.model
+        return PagedKVCache.bytes_per_block(m.num_layers, self.cfg.block_size,
+                                            m.kv_heads_per_rank(self.cfg.tp), m.head_dim, self.dtype)
+
+    def measure_kv_blocks(self, lengths: list[int]) -> int:
+        """KV blocks that fit next to the weights and the activations of a `lengths` forward."""
+        step = Step.dummy(lengths, self.cfg.block_size)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        in_use = torch.cuda.memory_allocated(self.device)
+        self.kv = self._new_cache(sum(len(blocks) for _, _, blocks in step.seqs))
+        cache_bytes = torch.cuda.memory_allocated(self.device) - in_use
+        self.execute(step)
+        activations = torch.cuda.max_memory_allocated(self.device) - in_use - cache_bytes
+        self.kv = None
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        free, _ = torch.cuda.mem_get_info(self.device)
+        usable = min(total * self.cfg.gpu_memory_utilization - in_use - activations, free - activations)
+        return max(0, int(usable // self.block_bytes()))
+
+    def allocate_kv(self, num_blocks: int) -> None:
+        self.kv = self._new_cache(num_blocks)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device)
+
+    def execute(self, step: Step) -> tuple[list[int], float, float]:
+        """Run one step; returns (sampled token per sequence, gpu seconds, prep seconds)."""
+        t0 = time.perf_counter()
+        counts = np.fromiter((n for _, n, _ in step.seqs), dtype=np.int64, count=len(step.seqs))
+        starts = np.fromiter((s for s, _, _ in step.seqs), dtype=np.int64, count=len(step.seqs))
+        ends = np.cumsum(counts)
+        positions = np.arange(ends[-1]) + np.repeat(starts - (ends - counts), counts)
+        token_ids = self._tensor(np.repeat(np.asarray(step.fill, dtype=np.int64), counts))
+        positions, sample_idx = self._tensor(positions), self._tensor(ends - 1)
+        meta = AttentionMetadata.build(step.seqs, self.cfg.block_size, self.device)
+        prep = time.perf_counter() - t0
+
+        if self.on_gpu:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            tokens = self.model(token_ids, positions, meta, self.kv, sample_idx).argmax(dim=-1)
+            end.record()
+            end.synchronize()
+            gpu = start.elapsed_time(end) * 1e-3
+        else:
+            t1 = time.perf_counter()
+            tokens = self.model(token_ids, positions, meta, self.kv, sample_idx).argmax(dim=-1)
+            gpu = time.perf_counter() - t1
+        return tokens.tolist(), gpu, prep
+
+
+def check_kv_blocks(num_blocks: int, block_size: int, max_model_len: int) -> None:
+    needed = -(-max_model_len // block_size)
+    if num_blocks < needed:
+        raise KVCacheTooSmallError(
+            f"KV cache: num_blocks={num_blocks} ({num_blocks * block_size} tokens) cannot hold one "
+            f"request of max_model_len={max_model_len} ({needed} blocks of {block_size}); raise "
+            "gpu_memory_utilization or tp, lower max_model_len, or configure more num_blocks")

@@ -1,0 +1,451 @@
+"""HTML reports of finished runs: the Figure 1 page and a hydra-multirun comparison page.
+
+Both pages are single files that open offline: plotly.js is inlined once in the page head and
+every figure is a bare `<div>` that calls it. Plotted series are thinned to a fixed number of
+points (CDFs by quantiles, step curves and batch timelines by time bins), so a 10,000-request
+run gives a page of the same order of size as a 128-request one.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+RUN_FILES = ("summary.json", "requests.csv", "tokens.parquet", "batches.parquet",
+             "decode_completion_time_series.csv")
+MAX_CDF_POINTS = 5_000
+MAX_STEP_POINTS = 5_000
+MAX_TIMELINE_BATCHES = 20_000
+PANELS = ("1a", "1b", "")
+MODES = ("sim", "real")
+
+# Colours follow the label base, so "sarathi" and "sarathi, real" share one; the mode sets the dash.
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+_PROMPT_COLOR, _DECODE_COLOR = "#ff7f0e", "#1f77b4"
+_MODE_SUFFIX = re.compile(r"[\s,;:\-(\[]*\b(real|sim)\b[)\]]?\s*$", re.IGNORECASE)
+_TEMPLATE = "plotly_white"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    run_dir: Path
+    label: str         # legend name, e.g. "vllm", "sarathi (chunk 1536)", "sarathi, real"
+    panel: str         # "1a" (static burst) | "1b" (Poisson QPS sweep) | "" for free-form runs
+    qps: float | None  # the 1b group the run belongs to
+    mode: str          # "sim" | "real"
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A checked RunRef with its summary and how it is drawn."""
+    ref: RunRef
+    summary: dict[str, Any]
+    color: str
+
+    @property
+    def dash(self) -> str:
+        return "dash" if self.ref.mode == "real" else "solid"
+
+    @property
+    def group(self) -> str:
+        """Runs compared in one subplot: the 1a burst, one 1b QPS, or the free-form runs."""
+        if self.ref.panel == "1b":
+            return f"1b, QPS {self.ref.qps:g}"
+        return "1a (static burst)" if self.ref.panel == "1a" else "other runs"
+
+    @property
+    def title(self) -> str:
+        return f"{self.ref.label} [{self.group}]"
+
+    def read(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+        path = Path(self.ref.run_dir) / name
+        if name.endswith(".parquet"):
+            return pd.read_parquet(path, columns=columns)
+        return pd.read_csv(path, usecols=columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 1 report
+
+
+def write_fig1_report(runs: list[RunRef], out_path: Path, title: str, notes: list[str]) -> Path:
+    """Write the Figure 1 page (header and table, 1a, 1b, CDFs, batch timelines) to `out_path`."""
+    loaded = _load_runs(runs)
+    sections = [
+        _header(title, notes),
+        "<h2>Runs</h2>" + _runs_table(loaded) + _config_details(loaded),
+        _figure_1a(loaded),
+        _figure_1b(loaded),
+        "<h2>TTFT distribution</h2>" + _cdf_figure(loaded, "ttft"),
+        "<h2>TBT distribution</h2>" + _cdf_figure(loaded, "tbt"),
+        "<h2>Batch timeline</h2>" + _timeline_figure(loaded),
+    ]
+    return _write_page(Path(out_path), title, sections)
+
+
+def _load_runs(refs: list[RunRef]) -> list[_Run]:
+    if not refs:
+        raise ValueError("no runs to report")
+    seen: set[tuple[str, float | None, str]] = set()
+    colors: dict[str, str] = {}
+    runs = []
+    for ref in refs:
+        _check_ref(ref)
+        key = (ref.panel, ref.qps, ref.label)
+        if key in seen:  # would draw two bars on one spot and two same-named curves
+            raise ValueError(f"two runs labelled {ref.label!r} in panel {ref.panel!r} at QPS {ref.qps}")
+        seen.add(key)
+        summary = _read_summary(Path(ref.run_dir), RUN_FILES)
+        if summary.get("mode") != ref.mode:
+            raise ValueError(f"{ref.run_dir}: summary.json says mode {summary.get('mode')!r}, "
+                             f"the run is listed as {ref.mode!r}")
+        base = _MODE_SUFFIX.sub("", ref.label) or ref.label
+        color = colors.setdefault(base, _PALETTE[len(colors) % len(_PALETTE)])
+        runs.append(_Run(ref, summary, color))
+    return runs
+
+
+def _check_ref(ref: RunRef) -> None:
+    if ref.panel not in PANELS:
+        raise ValueError(f"{ref.run_dir}: panel {ref.panel!r} is not one of {PANELS}")
+    if ref.mode not in MODES:
+        raise ValueError(f"{ref.run_dir}: mode {ref.mode!r} is not one of {MODES}")
+    if ref.panel == "1b" and ref.qps is None:
+        raise ValueError(f"{ref.run_dir}: a panel-1b run needs its qps")
+
+
+def _read_summary(run_dir: Path, required: Iterable[str]) -> dict[str, Any]:
+    """Check the files up front, so a bad run fails before any figure is built."""
+    for name in required:
+        if not (run_dir / name).is_file():
+            raise ValueError(f"run {run_dir} has no {name}")
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _header(title: str, notes: list[str]) -> str:
+    items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    return f"<h1>{html.escape(title)}</h1>" + (f"<ul class='notes'>{items}</ul>" if items else "")
+
+
+def _runs_table(runs: list[_Run]) -> str:
+    columns = ["run", "panel", "QPS", "mode", "P50 TBT (s)", "P99 TBT (s)", "P50 TTFT (s)",
+               "P99 TTFT (s)", "longest generation stall (s)", "makespan (s)", "preemptions",
+               "conservation ok"]
+    rows = []
+    for run in runs:
+        s = run.summary
+        qps = "-" if run.ref.qps is None else f"{run.ref.qps:g}"
+        rows.append([run.ref.label, run.ref.panel or "-", qps, run.ref.mode,
+                     s["tbt_s"]["p50"], s["tbt_s"]["p99"], s["ttft_s"]["p50"], s["ttft_s"]["p99"],
+                     s["longest_generation_stall_s"], s["makespan_s"], s["preemptions"],
+                     s["conservation"]["ok"]])
+    return _html_table(columns, rows)
+
+
+def _config_details(runs: list[_Run]) -> str:
+    columns = ["run", "scheduler", "scheduler config", "model", "TP", "hardware", "cost model",
+               "workload", "KV blocks", "requests", "batches", "directory"]
+    rows = []
+    for run in runs:
+        s = run.summary
+        config = ", ".join(f"{k}={v}" for k, v in s.get("scheduler_config", {}).items())
+        rows.append([run.ref.label, s.get("scheduler"), config, s.get("model"), s.get("tp"),
+                     s.get("hardware"), s.get("cost_model"), s.get("workload"),
+                     s.get("kv_cache_blocks"), s["num_requests"], s["num_batches"],
+                     str(run.ref.run_dir)])
+    return "<details><summary>Configuration of each run</summary>" + _html_table(columns, rows) + "</details>"
+
+
+def _figure_1a(runs: list[_Run]) -> str:
+    burst = [r for r in runs if r.ref.panel == "1a"]
+    heading = "<h2>Figure 1a: decode tokens completed over time (static burst)</h2>"
+    if not burst:
+        return heading + "<p>No panel-1a runs.</p>"
+    fig = go.Figure()
+    for run in burst:
+        series = run.read("decode_completion_time_series.csv")
+        # Start the curve at the origin: nothing is decoded before the first prompt finishes.
+        t = np.r_[0.0, series["Time (sec)"].to_numpy(float)]
+        done = np.r_[0.0, series["decode_completion"].to_numpy(float)]
+        t, done = _thin_step_series(t, done, MAX_STEP_POINTS)
+        fig.add_trace(go.Scatter(x=_compact(t), y=_compact(done), name=run.ref.label, mode="lines",
+                                 line=dict(shape="hv", color=run.color, dash=run.dash)))
+    fig.update_layout(template=_TEMPLATE, height=450, xaxis_title="time since the first arrival (s)",
+                      yaxis_title="decode tokens completed", legend_title_text="run")
+    return heading + _stall_headlines(burst) + _fig_html(fig)
+
+
+def _stall_headlines(burst: list[_Run]) -> str:
+    """"longest generation stall: vllm X s vs sarathi Y s", per mode, from the summaries; every
+    1a run's stall too when some run is in no such pair (another scheduler, a second chunk size)."""
+    lines, paired = [], 0
+    for mode in MODES:
+        by_scheduler: dict[str, _Run] = {}
+        for run in burst:
+            if run.ref.mode == mode:
+                by_scheduler.setdefault(run.summary.get("scheduler", ""), run)
+        if "vllm" not in by_scheduler or "sarathi" not in by_scheduler:
+            continue
+        vllm, sarathi = by_scheduler["vllm"], by_scheduler["sarathi"]
+        v, s = vllm.summary["longest_generation_stall_s"], sarathi.summary["longest_generation_stall_s"]
+        ratio = f" ({v / s:.1f}× longer)" if s > 0 else ""
+        lines.append(f"longest generation stall ({mode}): {vllm.ref.label} {v:.2f} s vs "
+                     f"{sarathi.ref.label} {s:.2f} s{ratio}")
+        paired += 2
+    if paired < len(burst):
+        stalls = "; ".join(f"{r.ref.label}: {r.summary['longest_generation_stall_s']:.2f} s" for r in burst)
+        lines.append(f"longest generation stall of each 1a run: {stalls}")
+    return "".join(f"<p class='headline'>{html.escape(line)}</p>" for line in lines)
+
+
+def _thin_step_series(t: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the first and last point of each of max_points/2 equal time bins (t ascending).
+
+    A step curve drawn through these points is off by at most one bin, and any flat stretch
+    longer than a bin (a generation stall) stays flat.
+    """
+    if len(t) <= max_points:
+        return t, y
+    bins = _time_bins(t, max_points // 2)
+    change = bins[1:] != bins[:-1]
+    keep = np.r_[True, change] | np.r_[change, True]
+    return t[keep], y[keep]
+
+
+def _time_bins(t: np.ndarray, num_bins: int) -> np.ndarray:
+    span = t[-1] - t[0]
+    if span <= 0:
+        return np.zeros(len(t), dtype=int)
+    return np.minimum(((t - t[0]) / span * num_bins).astype(int), num_bins - 1)
+
+
+def _figure_1b(runs: list[_Run]) -> str:
+    sweep = [r for r in runs if r.ref.panel == "1b"]
+    heading = "<h2>Figure 1b: P99 time between tokens under Poisson arrivals</h2>"
+    if not sweep:
+        return heading + "<p>No panel-1b runs.</p>"
+    qps_values = sorted({r.ref.qps for r in sweep})
+    fig = go.Figure()
+    for label in dict.fromkeys(r.ref.label for r in sweep):
+        mine = sorted((r for r in sweep if r.ref.label == label), key=lambda r: r.ref.qps)
+        p99 = [r.summary["tbt_s"]["p99"] for r in mine]
+        fig.add_trace(go.Bar(
+            x=[f"QPS {r.ref.qps:g}" for r in mine], y=p99, name=label,
+            text=[_bar_text(v) for v in p99], textposition="outside",
+            marker=dict(color=mine[0].color, pattern_shape="/" if mine[0].ref.mode == "real" else "")))
+    fig.update_layout(template=_TEMPLATE, height=450, barmode="group", yaxis_title="P99 TBT (s)",
+                      legend_title_text="run", uniformtext_minsize=9,
+                      xaxis=dict(categoryorder="array", categoryarray=[f"QPS {q:g}" for q in qps_values]))
+    return heading + _fig_html(fig)
+
+
+def _bar_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f} s"
+
+
+def _cdf_figure(runs: list[_Run], metric: str) -> str:
+    """One subplot per group of runs (1a, each 1b QPS, free-form), one curve per run."""
+    groups = _groups(runs)
+    cols = min(len(groups), 3)
+    rows = math.ceil(len(groups) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(groups))
+    shown: set[str] = set()
+    for i, (group, members) in enumerate(groups.items()):
+        for run in members:
+            if metric == "ttft":
+                values = run.read("requests.csv", ["ttft"])["ttft"].to_numpy(float)
+            else:
+                values = run.read("tokens.parquet", ["tbt"])["tbt"].to_numpy(float)
+            x, p = _cdf_points(values, MAX_CDF_POINTS)
+            fig.add_trace(go.Scatter(x=_compact(x), y=_compact(p), name=run.ref.label,
+                                     legendgroup=run.ref.label, showlegend=run.ref.label not in shown,
+                                     mode="lines",
+                                     line=dict(color=run.color, dash=run.dash)),
+                          row=i // cols + 1, col=i % cols + 1)
+            shown.add(run.ref.label)
+    # TBT spans tens of milliseconds (decodes) to seconds (stalls): a log axis shows both.
+    x_title, x_type = ("TTFT (s)", "linear") if metric == "ttft" else ("TBT (s, log scale)", "log")
+    fig.update_xaxes(title_text=x_title, type=x_type)
+    fig.update_yaxes(title_text="fraction", range=[0, 1.02])
+    fig.update_layout(template=_TEMPLATE, height=380 * rows, legend_title_text="run")
+    return _fig_html(fig)
+
+
+def _groups(runs: list[_Run]) -> dict[str, list[_Run]]:
+    order = {"1a": 0, "1b": 1, "": 2}
+    groups: dict[str, list[_Run]] = {}
+    for run in sorted(runs, key=lambda r: (order[r.ref.panel], r.ref.qps or 0.0)):
+        groups.setdefault(run.group, []).append(run)
+    return groups
+
+
+def _cdf_points(values: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """(value, cumulative fraction): every point when few, else max_points evenly spaced quantiles."""
+    values = np.sort(values[~np.isnan(values)])
+    if len(values) <= max_points:
+        return values, np.arange(1, len(values) + 1) / max(len(values), 1)
+    p = np.linspace(0.0, 1.0, max_points)
+    return np.quantile(values, p), p
+
+
+def _timeline_figure(runs: list[_Run]) -> str:
+    """Prompt and decode tokens of every batch over time: 1a, free-form, and the highest 1b QPS."""
+    sweep = [r for r in runs if r.ref.panel == "1b"]
+    top_qps = max((r.ref.qps for r in sweep), default=None)
+    chosen = [r for r in runs if r.ref.panel != "1b" or r.ref.qps == top_qps]
+    titles = []
+    for run in chosen:
+        n = run.summary["num_batches"]
+        thinned = f", {n:,} batches thinned to the first and the most-prompt batch per time bin" \
+            if n > MAX_TIMELINE_BATCHES else ""
+        titles.append(run.title + thinned)
+    fig = make_subplots(rows=len(chosen), cols=1, subplot_titles=titles, vertical_spacing=0.25 / len(chosen))
+    for i, run in enumerate(chosen):
+        t, prompt, decode = _timeline_points(run.read(
+            "batches.parquet", ["start", "end", "num_prefill_tokens", "num_decode_tokens"]))
+        # Fill without outlines: where batches are denser than pixels, outlines' vertical strokes
+        # paint over everything, while a bare fill's shade stays proportional to the time it covers.
+        for name, y, color in (("prompt tokens", prompt, _PROMPT_COLOR),
+                               ("decode tokens", decode, _DECODE_COLOR)):
+            fig.add_trace(go.Scatter(x=_compact(t), y=_compact(y), name=name, legendgroup=name,
+                                     showlegend=i == 0, mode="lines", stackgroup=f"run{i}",
+                                     line=dict(shape="hv", color=color, width=0)),
+                          row=i + 1, col=1)
+        fig.update_yaxes(title_text="tokens in batch", row=i + 1, col=1)
+    fig.update_xaxes(title_text="time (s)")
+    fig.update_layout(template=_TEMPLATE, height=300 * len(chosen) + 80)
+    return _fig_html(fig)
+
+
+def _timeline_points(batches: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step-curve points: each batch from its start, and a zero where the engine goes idle after it."""
+    batches = batches.sort_values("start", kind="stable").reset_index(drop=True)
+    start = batches["start"].to_numpy(float)
+    end = batches["end"].to_numpy(float)
+    prompt = batches["num_prefill_tokens"].to_numpy(float)
+    decode = batches["num_decode_tokens"].to_numpy(float)
+    idle_after = np.r_[start[1:], np.inf] > end  # from the full table, before any thinning
+    if len(start) > MAX_TIMELINE_BATCHES:
+        # Per time bin keep the first batch (the decode level) and the one with the most prompt
+        # tokens, so prefill spikes, the cause of the stalls, survive the thinning.
+        bins = pd.Series(_time_bins(start, MAX_TIMELINE_BATCHES // 2))
+        by_bin = pd.Series(prompt).groupby(bins.to_numpy())
+        keep = np.union1d(bins.drop_duplicates().index.to_numpy(), by_bin.idxmax().to_numpy())
+        start, end, prompt, decode, idle_after = (a[keep] for a in (start, end, prompt, decode, idle_after))
+    t = np.r_[start, end[idle_after]]
+    zeros = np.zeros(int(idle_after.sum()))
+    order = np.argsort(t, kind="stable")
+    return t[order], np.r_[prompt, zeros][order], np.r_[decode, zeros][order]
+
+
+# ---------------------------------------------------------------------------------------------
+# Multirun comparison
+
+
+def write_sweep_report(run_dirs: list[Path], overrides: list[list[str]], out_path: Path, title: str) -> Path:
+    """A table (one row per run: its overrides, then key metrics) and bar charts of P99 TBT,
+    P99 TTFT and output throughput, for the runs of one hydra multirun."""
+    if len(run_dirs) != len(overrides):
+        raise ValueError(f"{len(run_dirs)} run directories but {len(overrides)} override lists")
+    if not run_dirs:
+        raise ValueError("no runs to report")
+    summaries = [_read_summary(Path(d), ["summary.json"]) for d in run_dirs]
+    parsed = [dict(_split_override(o) for o in run) for run in overrides]
+    keys = list(dict.fromkeys(k for run in parsed for k in run))
+    names = [" ".join(run) or Path(d).name for run, d in zip(overrides, run_dirs)]
+    metrics = {
+        "P50 TBT (s)": lambda s: s["tbt_s"]["p50"],
+        "P99 TBT (s)": lambda s: s["tbt_s"]["p99"],
+        "P50 TTFT (s)": lambda s: s["ttft_s"]["p50"],
+        "P99 TTFT (s)": lambda s: s["ttft_s"]["p99"],
+        "longest generation stall (s)": lambda s: s["longest_generation_stall_s"],
+        "output tokens/s": lambda s: s["throughput"]["output_tokens_per_s"],
+        "requests/s": lambda s: s["throughput"]["requests_per_s"],
+        "makespan (s)": lambda s: s["makespan_s"],
+        "preemptions": lambda s: s["preemptions"],
+        "conservation ok": lambda s: s["conservation"]["ok"],
+    }
+    rows = [[run.get(k, "") for k in keys] + [get(s) for get in metrics.values()] + [str(d)]
+            for run, s, d in zip(parsed, summaries, run_dirs)]
+    table = _html_table(keys + list(metrics) + ["directory"], rows)
+
+    charts = ("P99 TBT (s)", "P99 TTFT (s)", "output tokens/s")
+    fig = make_subplots(rows=len(charts), cols=1, shared_xaxes=True, subplot_titles=charts,
+                        vertical_spacing=0.08)
+    for i, chart in enumerate(charts):
+        values = [metrics[chart](s) for s in summaries]
+        fig.add_trace(go.Bar(x=names, y=values, name=chart, showlegend=False, marker_color=_PALETTE[i],
+                             text=[_format(v) for v in values], textposition="outside"),
+                      row=i + 1, col=1)
+    fig.update_layout(template=_TEMPLATE, height=300 * len(charts) + 150)
+    return _write_page(Path(out_path), title, [
+        f"<h1>{html.escape(title)}</h1>", "<h2>Runs</h2>" + table, "<h2>Comparison</h2>" + _fig_html(fig)])
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key, value
+
+
+# ---------------------------------------------------------------------------------------------
+# Page assembly
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    # Plotly 6+ embeds arrays as base64 of their dtype: float32 halves the page, and its 7 digits
+    # (1 ms at 10,000 s) are far finer than a plot resolves.
+    return np.asarray(values, dtype=np.float32)
+
+
+def _fig_html(fig: go.Figure) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+
+
+def _format(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:,.1f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _html_table(columns: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in row) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+.headline { font-size: 1.15em; font-weight: 600; }
+.notes li { margin: 0.15em 0; }
+"""
+
+
+def _write_page(out_path: Path, title: str, sections: list[str]) -> Path:
+    page = (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
+        # The figures' scripts call Plotly when parsed, so the library is loaded first, once.
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head>\n<body>\n"
+        + "\n".join(sections) + "\n</body></html>\n")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(page, encoding="utf-8")
+    return out_path
