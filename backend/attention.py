@@ -89,6 +89,7 @@ def reference_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     kernel and the CPU path of `paged_attention`."""
     out = torch.empty_like(query)
     block_size = k_cache.shape[1]
+    group = query.shape[1] // k_cache.shape[2]
     query_start = meta.query_start.tolist()
     for seq, context_len in enumerate(meta.context_lens.tolist()):
         q_begin, q_end = query_start[seq], query_start[seq + 1]
@@ -96,12 +97,15 @@ def reference_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         blocks = meta.block_tables[seq, :math.ceil(context_len / block_size)].long()
         keys = k_cache[blocks].flatten(0, 1)[:context_len]
         values = v_cache[blocks].flatten(0, 1)[:context_len]
+        # Query head h reads KV head h // group.
+        keys = keys.repeat_interleave(group, dim=1)
+        values = values.repeat_interleave(group, dim=1)
         positions = torch.arange(context_len - num_query, context_len, device=query.device)
         visible = torch.arange(context_len, device=query.device)[None, :] <= positions[:, None]
-        # SDPA wants [heads, tokens, head_dim]; enable_gqa maps query head h to KV head h // group.
+        # SDPA wants [heads, tokens, head_dim].
         seq_out = F.scaled_dot_product_attention(
             query[q_begin:q_end].float().transpose(0, 1), keys.float().transpose(0, 1),
-            values.float().transpose(0, 1), attn_mask=visible, scale=scale, enable_gqa=True)
+            values.float().transpose(0, 1), attn_mask=visible, scale=scale)
         out[q_begin:q_end] = seq_out.transpose(0, 1).to(query.dtype)
     return out
 
@@ -257,7 +261,7 @@ def _combine_splits_kernel(part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, num_to
 
 
 # Whether the kernels above were defined for Triton's interpreter (TRITON_INTERPRET=1 at import).
-KERNELS_INTERPRETED = bool(triton.knobs.runtime.interpret)
+KERNELS_INTERPRETED = not isinstance(_paged_attention_kernel, triton.runtime.JITFunction)
 
 # Launch shape. Prompt chunks use 128-row tiles (tensor-core friendly, 8 warps); pure decode
 # batches use the smallest tile tl.dot accepts (16 rows) since each sequence has one token.
@@ -269,6 +273,23 @@ _BLOCK_N = 64
 _PROGRAMS_PER_SM = 4
 _MIN_KEYS_PER_SPLIT = 256
 _MAX_SPLITS = 16
+
+
+def kernel_config(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
+                  max_query_len: int) -> dict:
+    """Compile-time parameters and launch options of `_paged_attention_kernel` for a batch."""
+    group = num_q_heads // num_kv_heads
+    group_pad = triton.next_power_of_2(group)
+    min_tokens = max(1, _DECODE_ROWS // group_pad)
+    if max_query_len == 1:
+        block_q = min_tokens
+    else:
+        block_q = min(max(triton.next_power_of_2(max_query_len), min_tokens),
+                      max(1, _PREFILL_ROWS // group_pad))
+    large_tile = block_q * group_pad >= _PREFILL_ROWS
+    return dict(NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q,
+                BLOCK_N=_BLOCK_N, HEAD_DIM=head_dim, KV_BLOCK_SIZE=block_size,
+                num_warps=8 if large_tile else 4, num_stages=2 if large_tile else 3)
 
 
 @functools.cache
@@ -287,36 +308,33 @@ def _auto_num_kv_splits(num_programs: int, max_context_len: int, device: torch.d
 
 
 def triton_paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           meta: AttentionMetadata, scale: float, *, out: torch.Tensor | None = None,
+                           meta: AttentionMetadata, scale: float, *,
+                           out: torch.Tensor | None = None,
                            num_kv_splits: int | None = None) -> torch.Tensor:
     """The Triton path of `paged_attention`. `out` (default: new tensor) receives the result;
     `num_kv_splits` overrides the automatic choice of how many programs share one KV range."""
+    if not (query.is_cuda or KERNELS_INTERPRETED):
+        raise ValueError("the Triton kernel needs CUDA tensors, or TRITON_INTERPRET=1 set before "
+                         "backend.attention is imported")
     num_tokens, num_q_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     if num_q_heads % num_kv_heads:
         raise ValueError(f"{num_q_heads} query heads is not a multiple of {num_kv_heads} KV heads")
     if head_dim < 16 or head_dim & (head_dim - 1):
         raise ValueError(f"head_dim={head_dim}: the kernel needs a power of two >= 16")
-    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or query.stride(-1) != 1:
-        raise ValueError("K and V caches must share a layout with contiguous head_dim, "
-                         "and query must have contiguous head_dim")
     if out is None:
         out = torch.empty_like(query)
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1:
+        raise ValueError("K and V caches must share one layout with contiguous head_dim")
+    if query.stride(-1) != 1 or out.stride(-1) != 1:
+        raise ValueError("query and out need contiguous head_dim")
     num_seqs = meta.context_lens.shape[0]
     if num_tokens == 0:
         return out
 
-    group = num_q_heads // num_kv_heads
-    group_pad = triton.next_power_of_2(group)
-    min_tokens = max(1, _DECODE_ROWS // group_pad)
-    if meta.max_query_len == 1:
-        block_q = min_tokens
-    else:
-        block_q = min(max(triton.next_power_of_2(meta.max_query_len), min_tokens),
-                      max(1, _PREFILL_ROWS // group_pad))
-    block_m = block_q * group_pad
+    config = kernel_config(num_q_heads, num_kv_heads, head_dim, block_size, meta.max_query_len)
     # Each sequence gets one spare tile at most; see the tile search in the kernel.
-    num_tiles = (num_tokens - num_seqs) // block_q + num_seqs
+    num_tiles = (num_tokens - num_seqs) // config["BLOCK_Q"] + num_seqs
     num_programs = num_tiles * num_kv_heads
     num_splits = num_kv_splits or _auto_num_kv_splits(num_programs, meta.max_context_len,
                                                       query.device)
@@ -336,10 +354,7 @@ def triton_paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         num_seqs, num_tiles, num_tokens, num_splits, scale * math.log2(math.e),
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
-        NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q,
-        BLOCK_N=_BLOCK_N, HEAD_DIM=head_dim, KV_BLOCK_SIZE=block_size,
-        WRITE_PARTIALS=num_splits > 1,
-        num_warps=8 if block_m >= 128 else 4, num_stages=2 if block_m >= 128 else 3)
+        WRITE_PARTIALS=num_splits > 1, **config)
     if num_splits > 1:
         _combine_splits_kernel[(num_tokens, num_q_heads)](
             part_acc, part_m, part_l, out, num_tokens, num_splits, out.stride(0), out.stride(1),

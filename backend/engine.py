@@ -57,7 +57,8 @@ def serve(requests: Sequence[Request], scheduler: Scheduler, executor, warmup_ro
                          f"cache holds {executor.num_blocks}; build the scheduler with "
                          "executor.num_blocks")
     log(f"real engine: {executor.label}; KV cache: {blocks.num_blocks} blocks of "
-        f"{blocks.block_size} tokens ({blocks.num_blocks * blocks.block_size:,} tokens) per rank")
+        f"{blocks.block_size} tokens ({blocks.num_blocks * blocks.block_size:,} tokens) per rank "
+        f"({executor.kv_note})")
     iterations = warm_up(executor, warmup_rounds, blocks.num_blocks, blocks.block_size)
     log(f"warm-up: {iterations} iterations before the timed run (not recorded)")
 

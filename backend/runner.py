@@ -35,6 +35,7 @@ from .model import LlamaShard
 from .weights import init_random_weights
 
 PROMPT_TOKEN = 1
+GIB = 1024 ** 3
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,9 @@ class ModelRunner:
         return PagedKVCache.bytes_per_block(m.num_layers, self.cfg.block_size,
                                             m.kv_heads_per_rank(self.cfg.tp), m.head_dim, self.dtype)
 
-    def measure_kv_blocks(self, lengths: list[int]) -> int:
-        """KV blocks that fit next to the weights and the activations of a `lengths` forward."""
+    def measure_kv_blocks(self, lengths: list[int]) -> tuple[int, str]:
+        """KV blocks that fit next to the weights and the activations of a `lengths` forward,
+        and one line saying how they were counted."""
         step = Step.dummy(lengths, self.cfg.block_size)
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
@@ -138,7 +140,10 @@ class ModelRunner:
         total = torch.cuda.get_device_properties(self.device).total_memory
         free, _ = torch.cuda.mem_get_info(self.device)
         usable = min(total * self.cfg.gpu_memory_utilization - in_use - activations, free - activations)
-        return max(0, int(usable // self.block_bytes()))
+        note = (f"measured: {total / GIB:.1f} GiB × {self.cfg.gpu_memory_utilization} − "
+                f"{in_use / GIB:.1f} GiB in use (weights) − {activations / GIB:.2f} GiB activation "
+                f"peak of a {sum(lengths)}-token forward; {free / GIB:.1f} GiB free")
+        return max(0, int(usable // self.block_bytes())), note
 
     def allocate_kv(self, num_blocks: int) -> None:
         self.kv = self._new_cache(num_blocks)

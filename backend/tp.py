@@ -8,8 +8,8 @@
   (its address hosts the group's rendezvous): fine for one machine.
 
 Both expose `num_blocks` (KV blocks per rank: configured, or measured and then the minimum over
-ranks), `label`, `execute(step) -> (tokens, gpu seconds, prep seconds)` (rank 0's timings) and
-`shutdown()`.
+ranks), `kv_note` (how it was obtained), `label`, `execute(step) -> (tokens, gpu seconds, prep
+seconds)` (rank 0's timings) and `shutdown()`.
 """
 from __future__ import annotations
 
@@ -63,7 +63,10 @@ class LocalExecutor:
                             "" if all_reduce is None else all_reduce.source)
         self.label = comm.label
         self.runner = ModelRunner(cfg, 0, comm)
-        self.num_blocks = cfg.num_blocks or self.runner.measure_kv_blocks(profile)
+        if cfg.num_blocks:
+            self.num_blocks, self.kv_note = cfg.num_blocks, "configured"
+        else:
+            self.num_blocks, self.kv_note = self.runner.measure_kv_blocks(profile)
         self.runner.allocate_kv(self.num_blocks)
 
     def execute(self, step: Step) -> tuple[list[int], float, float]:
@@ -87,7 +90,7 @@ class _RankWorker:
     def label(self) -> str:
         return self.runner.model.comm.label
 
-    def measure_kv_blocks(self, lengths: list[int]) -> int:
+    def measure_kv_blocks(self, lengths: list[int]) -> tuple[int, str]:
         return self.runner.measure_kv_blocks(lengths)
 
     def allocate_kv(self, num_blocks: int) -> None:
@@ -111,8 +114,12 @@ class RayTPExecutor:
         init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
         self.workers = [actor.remote(cfg, rank, init_method) for rank in range(cfg.tp)]
         self.label = ray.get(self.workers[0].label.remote())
-        self.num_blocks = cfg.num_blocks or min(
-            ray.get([w.measure_kv_blocks.remote(profile) for w in self.workers]))
+        if cfg.num_blocks:
+            self.num_blocks, self.kv_note = cfg.num_blocks, "configured"
+        else:
+            measured = ray.get([w.measure_kv_blocks.remote(profile) for w in self.workers])
+            self.num_blocks = min(blocks for blocks, _ in measured)
+            self.kv_note = f"minimum over {cfg.tp} ranks; rank 0 {measured[0][1]}"
         ray.get([w.allocate_kv.remote(self.num_blocks) for w in self.workers])
 
     def execute(self, step: Step) -> tuple[list[int], float, float]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .cli import run_or_exit, to_dict
@@ -18,7 +20,8 @@ def main(cfg: DictConfig) -> None:
                                      "num_batches", "ttft_s", "tbt_s", "e2e_s", "makespan_s",
                                      "throughput", "preemptions", "longest_generation_stall_s")}
     brief["conservation_ok"] = summary["conservation"]["ok"]
-    print(json.dumps(brief, indent=2))
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    print(json.dumps(brief, indent=None if multirun else 2))
 
 
 if __name__ == "__main__":

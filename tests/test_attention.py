@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.attention import (KERNELS_INTERPRETED, AttentionMetadata, paged_attention,
+from backend.attention import (KERNELS_INTERPRETED, AttentionMetadata, _combine_splits_kernel,
+                               _paged_attention_kernel, kernel_config, paged_attention,
                                reference_attention, triton_paged_attention, write_kv)
 from backend.kv_cache import PagedKVCache
 
@@ -55,8 +56,8 @@ def make_batch(seqs: list[tuple[int, int]], num_q_heads: int, num_kv_heads: int,
     k_cache.fill_(fill)
     v_cache.fill_(fill)
     # Write every token of every context (earlier steps' and this step's) through write_kv.
-    whole = AttentionMetadata.build([(0, start + n, table) for (start, n), table in zip(seqs, tables)],
-                                    BLOCK_SIZE, device)
+    contexts = [(0, start + n, table) for (start, n), table in zip(seqs, tables)]
+    whole = AttentionMetadata.build(contexts, BLOCK_SIZE, device)
     num_context = whole.slot_mapping.shape[0]
     keys = torch.randn(num_context, num_kv_heads, head_dim, generator=gen).to(device, dtype)
     values = torch.randn(num_context, num_kv_heads, head_dim, generator=gen).to(device, dtype)
@@ -65,7 +66,9 @@ def make_batch(seqs: list[tuple[int, int]], num_q_heads: int, num_kv_heads: int,
     meta = AttentionMetadata.build([(start, n, table) for (start, n), table in zip(seqs, tables)],
                                    BLOCK_SIZE, device)
     num_tokens = sum(n for _, n in seqs)
-    query = torch.randn(num_tokens, num_q_heads, head_dim, generator=gen).to(device, dtype)
+    # A strided view, as the model slices queries out of its fused q/k projection.
+    fused = torch.randn(num_tokens, num_q_heads + num_kv_heads, head_dim, generator=gen)
+    query = fused.to(device, dtype)[:, :num_q_heads]
     return query, k_cache, v_cache, meta, tables
 
 
@@ -98,7 +101,8 @@ def test_build_metadata():
     assert meta.block_tables.tolist() == [[5, 0], [2, 9], [4, 1]]
     assert meta.slot_mapping.tolist() == [80, 81, 82, 9 * 16 + 4, 16, 17, 18, 19]
     assert (meta.max_query_len, meta.max_context_len) == (4, 21)
-    assert meta.query_start.dtype == meta.context_lens.dtype == meta.block_tables.dtype == torch.int32
+    for index in (meta.query_start, meta.context_lens, meta.block_tables):
+        assert index.dtype == torch.int32
     assert meta.slot_mapping.dtype == torch.int64
 
 
@@ -190,6 +194,44 @@ def test_kernel_cases_under_interpreter():
     # Guard against a child that silently skipped everything: fp32 and fp16 must have run.
     passed = re.search(r"(\d+) passed", report)
     assert passed and int(passed.group(1)) == len(KERNEL_CASES) * 2 * 2, report
+
+
+def compile_for_hopper(kernel, arg_types: dict[str, str], constexprs: dict, **options):
+    """Compile `kernel` for sm_90 as a launch would, without needing a GPU."""
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {name: "constexpr" if name in constexprs else arg_types.get(name, "i32")
+                 for name in kernel.arg_names}
+    # Launches see 16-byte aligned pointers and strides; tell the compiler the same so that it
+    # vectorises and pipelines the loads as it would at run time.
+    aligned = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]]
+               for name, kind in signature.items() if kind.startswith("*") or
+               (name.startswith("stride") and name != "stride_bt")}
+    return triton_compile(ASTSource(kernel, signature, constexprs, aligned),
+                          target=GPUTarget("cuda", 90, 32), options=options)
+
+
+@pytest.mark.skipif(KERNELS_INTERPRETED, reason="interpreted kernels are not compiled")
+@pytest.mark.parametrize("max_query_len", [1536, 1])
+def test_kernels_compile_for_hopper(max_query_len):
+    """Compiling for an H100 on the CPU catches what the interpreter cannot: type errors in
+    control flow, unsupported layouts, and tiles that overflow shared memory."""
+    config = kernel_config(28, 4, 128, BLOCK_SIZE, max_query_len)
+    options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
+    pointer_types = {"q_ptr": "*bf16", "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16",
+                     "out_ptr": "*bf16", "part_acc_ptr": "*fp32", "part_m_ptr": "*fp32",
+                     "part_l_ptr": "*fp32", "query_start_ptr": "*i32",
+                     "context_lens_ptr": "*i32", "block_tables_ptr": "*i32", "qk_scale": "fp32"}
+    max_shared = 227 * 1024  # per thread block on an H100
+    for write_partials in (False, True):
+        compiled = compile_for_hopper(_paged_attention_kernel, pointer_types,
+                                      dict(config, WRITE_PARTIALS=write_partials), **options)
+        assert compiled.metadata.shared <= max_shared
+    compiled = compile_for_hopper(_combine_splits_kernel, pointer_types,
+                                  dict(NUM_Q_HEADS=28, HEAD_DIM=128, SPLITS_PAD=8), num_warps=4)
+    assert compiled.metadata.shared <= max_shared
 
 
 # Yi-34B sharded over 2 GPUs: 28 query heads, 4 KV heads, head_dim 128.

@@ -213,5 +213,5 @@ def test_gpu_bf16_model_matches_fp32_dense_and_sizes_kv_cache():
         torch.testing.assert_close(shard(ids, positions, meta, kv, sample_idx).cpu(), expected,
                                    atol=0.1, rtol=0.05)
     sched_cfg = SchedulerConfig(max_model_len=256, chunk_size=64, block_size=16)
-    executor = build_executor(RunnerConfig(TINY, gpu_memory_utilization=0.5), "sarathi", sched_cfg)
-    assert executor.num_blocks > 1000
+    executor = build_executor(RunnerConfig(TINY, gpu_memory_utilization=0.1), "sarathi", sched_cfg)
+    assert executor.num_blocks > 1000 and executor.kv_note.startswith("measured")

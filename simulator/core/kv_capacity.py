@@ -52,5 +52,6 @@ def kv_capacity(model: ModelSpec, tp: int, memory_bytes: int, gpu_memory_utiliza
         raise ValueError(
             f"no memory left for the KV cache: {memory_bytes / GIB:.1f} GiB × {gpu_memory_utilization} "
             f"holds {weights / GIB:.1f} GiB of weights ({model.name}, tp={tp}) and "
-            f"{activations / GIB:.1f} GiB of activations; raise parallel.tp or use a larger GPU")
+            f"{activations / GIB:.1f} GiB of activations; raise engine.gpu_memory_utilization or "
+            "parallel.tp, or use a GPU with more memory")
     return KVCapacity(num_blocks, block_bytes, weights, activations, usable)

@@ -1,0 +1,86 @@
+"""A hydra launcher that runs the jobs of a multirun (`-m`) in parallel as Ray tasks.
+
+`python -m simulator -m scheduler=vllm,sarathi workload.arrival.qps=0.55,0.7,1.0` composes six
+jobs; each becomes one Ray task on a local Ray (default) or on the cluster named by
+`hydra.launcher.address`. Results come back in job order; a progress bar counts finished jobs.
+Hydra only accepts launchers from the `hydra_plugins` package, hence this folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _run_one(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
+             singletons: dict[Any, Any]) -> JobReturn:
+    # A Ray worker is a fresh process: restore hydra's global state before running the job.
+    setup_globals()
+    Singleton.set_state(singletons)
+    return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
+                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+
+class RayTasksLauncher(Launcher):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import ray
+        from tqdm import tqdm
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info(f"#{idx}: {' '.join(filter_overrides(overrides))}")
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            configs.append(sweep_config)
+
+        started_here = not ray.is_initialized()
+        if started_here:
+            options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False,
+                                       "runtime_env": {"env_vars": {"PYTHONPATH": REPO_ROOT}}}
+            if self.address:
+                options["address"] = self.address
+            else:
+                options["num_cpus"] = self.num_cpus or os.cpu_count()
+            ray.init(**options)
+        try:
+            run_remote = ray.remote(_run_one)
+            singletons = Singleton.get_state()
+            pending = {run_remote.remote(self.hydra_context, self.task_function, c, singletons): i
+                       for i, c in enumerate(configs)}
+            results: list[JobReturn | None] = [None] * len(configs)
+            with tqdm(total=len(configs), desc="multirun", unit="job") as bar:
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in done:
+                        results[pending.pop(ref)] = ray.get(ref)
+                        bar.update()
+            return results  # type: ignore[return-value]
+        finally:
+            if started_here:
+                ray.shutdown()
