@@ -161,8 +161,8 @@ def _paged_attention_kernel(
     BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
     ROW_FLOOR: tl.constexpr = -1.0e30  # finite "max so far" so exp2 never sees -inf - -inf
 
-    # Tiles are launched longest-KV first (last tile of the last sequence first) so that the
-    # heavy prompt-chunk tiles do not end up as a tail after the light ones.
+    # Tiles run in reverse order: a sequence's last query tiles see the most keys, so the
+    # heaviest programs start first instead of forming a tail.
     pid = tl.program_id(0)
     kv_head = pid % NUM_KV_HEADS
     tile_id = num_tiles - 1 - pid // NUM_KV_HEADS

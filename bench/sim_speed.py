@@ -2,6 +2,7 @@
 
     python bench/sim_speed.py                 # 10,000 and 100,000 arXiv requests, vllm and sarathi
     python bench/sim_speed.py --sizes 10000   # one size
+    python bench/sim_speed.py --sizes 10000 --qps 1.0   # the Vidur comparison workload
 
 The load is Poisson at 90% of the replica's capacity, where capacity is the request rate a
 sarathi replica sustains on a burst of 2,000 requests (measured here, first). Each case runs in
@@ -71,13 +72,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--schedulers", nargs="+", default=["vllm", "sarathi"])
+    parser.add_argument("--qps", type=float, help="fixed load instead of 90%% of capacity "
+                        "(1.0 is the Vidur comparison: 10,000 arXiv requests at QPS 1.0)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = parser.parse_args()
     if args.case:
         print(json.dumps(one_case(json.loads(args.case))))
         return
-    qps = 0.9 * capacity_qps()
-    print(f"replica capacity (sarathi, 2,000-request burst): {qps / 0.9:.3f} req/s; load {qps:.3f} QPS")
+    if args.qps:
+        qps = args.qps
+        print(f"load {qps:.3f} QPS (fixed)")
+    else:
+        qps = 0.9 * capacity_qps()
+        print(f"replica capacity (sarathi, 2,000-request burst): {qps / 0.9:.3f} req/s; load {qps:.3f} QPS")
     print(f"{'scheduler':<10} {'requests':>9} {'loop s':>7} {'files s':>7} {'batches':>9} "
           f"{'tokens':>10} {'tok/s':>11} {'batch/s':>9} {'peak MB':>8}")
     for n in args.sizes:
