@@ -54,10 +54,6 @@ class Batch:
         self.prefill_kv_tokens += start + chunk
         self.prefill_attn_pairs += chunk * start + chunk * (chunk + 1) // 2
 
-    def shape(self) -> "BatchShape":
-        return BatchShape(self.num_prefill_tokens, len(self.decodes), len(self.prefills),
-                          self.decode_kv_tokens, self.prefill_kv_tokens, self.prefill_attn_pairs)
-
 
 @dataclass(frozen=True)
 class BatchShape:
