@@ -38,6 +38,8 @@ import numpy as np
 
 from simulator.core.model_spec import ModelSpec
 
+from .all_reduce import _isotonic
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILE_TABLE = "profile.csv"
 PROFILE_METADATA = "metadata.json"
@@ -362,6 +364,7 @@ class FittedProfile:
     residuals: dict[str, Residual]      # op -> residual, for ops that keep one
     scores: list[OpScore]
     held_out_ms: list[float | None]     # per profile row: the chosen model's out-of-fold prediction
+    all_reduce: dict[str, dict[str, list[float]]]  # GPU count -> measured {nbytes, seconds}, if any
     fit_seconds: float
     from_cache: bool = field(default=False)
 
@@ -401,7 +404,8 @@ class FittedProfile:
                    {k: Law.from_json(v) for k, v in d["laws"].items()},
                    {k: Residual(tuple(v["shape"]), tuple(v["tokens"]), tuple(v["ratio"]))
                     for k, v in d["residuals"].items()},
-                   [OpScore(**s) for s in d["scores"]], d["held_out_ms"], d["fit_seconds"], from_cache=True)
+                   [OpScore(**s) for s in d["scores"]], d["held_out_ms"], d["all_reduce"], d["fit_seconds"],
+                   from_cache=True)
 
 
 def _ape(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -506,7 +510,17 @@ def fit_profile(profile: Profile, folds: int = 5, seed: int = 0) -> FittedProfil
                                   float(chosen.mean()), float(np.percentile(chosen, 90)), float(chosen.max())))
     return FittedProfile(str(profile.directory), profile.content_hash, profile.metadata, laws, residuals,
                          scores, [None if np.isnan(v) else float(v) for v in held_out],
-                         time.perf_counter() - started)
+                         _all_reduce_curves(profile.rows(ALL_REDUCE)), time.perf_counter() - started)
+
+
+def _all_reduce_curves(rows: Any) -> dict[str, dict[str, list[float]]]:
+    """Per GPU count: the median time per message size, made non-decreasing (as in all_reduce.py)."""
+    curves = {}
+    for workers, group in rows.groupby("num_workers"):
+        medians = group.groupby("nbytes")["median_ms"].median().sort_index()
+        curves[str(int(workers))] = {"nbytes": medians.index.astype(float).tolist(),
+                                     "seconds": [t * 1e-3 for t in _isotonic(medians.tolist())]}
+    return curves
 
 
 def default_cache_dir() -> Path:
