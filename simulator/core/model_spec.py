@@ -7,8 +7,10 @@ vocabulary are split across `tp` ranks; norms are replicated.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
+
+from .config_fields import from_mapping
 
 
 @dataclass(frozen=True)
@@ -27,15 +29,9 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "ModelSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"model config has unknown keys {unknown}; known keys: {sorted(known)}")
-        spec = cls(**dict(cfg))
-        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
-                     "intermediate_size", "vocab_size", "dtype_bytes"):
-            if int(getattr(spec, name)) <= 0:
-                raise ValueError(f"model.{name}={getattr(spec, name)} must be a positive integer")
+        spec = from_mapping(cls, cfg, "model", positive=(
+            "num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+            "intermediate_size", "vocab_size", "dtype_bytes"))
         if spec.num_heads % spec.num_kv_heads:
             raise ValueError(f"model.num_heads={spec.num_heads} is not a multiple of "
                              f"model.num_kv_heads={spec.num_kv_heads}")

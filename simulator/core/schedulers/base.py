@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 from ..batch import Batch
+from ..config_fields import from_mapping
 from ..block_manager import BlockManager, KVCacheTooSmallError
 from ..request import Request, State
 
@@ -39,14 +40,8 @@ class SchedulerConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SchedulerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"scheduler config has unknown keys {unknown}; known keys: {sorted(known)}")
-        config = cls(**dict(cfg))
-        for name in ("max_num_seqs", "max_model_len", "block_size", "chunk_size"):
-            if getattr(config, name) < 1:
-                raise ValueError(f"scheduler.{name}={getattr(config, name)} must be >= 1")
+        config = from_mapping(cls, cfg, "scheduler",
+                              positive=("max_num_seqs", "max_model_len", "block_size", "chunk_size"))
         if config.max_tokens_in_batch is not None and config.max_tokens_in_batch < config.max_model_len:
             raise ValueError(
                 f"scheduler.max_tokens_in_batch={config.max_tokens_in_batch} is below "
