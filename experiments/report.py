@@ -1,9 +1,10 @@
 """HTML reports of finished runs: the Figure 1 page and a hydra-multirun comparison page.
 
-Both pages are single files that open offline: plotly.js is inlined once in the page head and
-every figure is a bare `<div>` that calls it. Plotted series are thinned to a fixed number of
-points (CDFs by quantiles, step curves and batch timelines by time bins), so a 10,000-request
-run gives a page of the same order of size as a 128-request one.
+Both pages, and the validation page built from the sections and page-assembly helpers here, are
+single files that open offline: plotly.js is inlined once in the page head and every figure is a
+bare `<div>` that calls it. Plotted series are thinned to a fixed number of points (CDFs by
+quantiles, step curves and batch timelines by time bins), so a 10,000-request run gives a page of
+the same order of size as a 128-request one.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ MODES = ("sim", "real")
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 _PROMPT_COLOR, _DECODE_COLOR = "#ff7f0e", "#1f77b4"
 _MODE_SUFFIX = re.compile(r"[\s,;:\-(\[]*\b(real|sim)\b[)\]]?\s*$", re.IGNORECASE)
-_TEMPLATE = "plotly_white"
+TEMPLATE = "plotly_white"
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def write_fig1_report(runs: list[RunRef], out_path: Path, title: str, notes: lis
     """Write the Figure 1 page (header and table, 1a, 1b, CDFs, batch timelines) to `out_path`."""
     loaded = _load_runs(runs)
     sections = [
-        _header(title, notes),
+        page_header(title, notes),
         "<h2>Runs</h2>" + _runs_table(loaded) + _config_details(loaded),
         _figure_1a(loaded),
         _figure_1b(loaded),
@@ -90,7 +91,7 @@ def write_fig1_report(runs: list[RunRef], out_path: Path, title: str, notes: lis
         "<h2>TBT distribution</h2>" + _cdf_figure(loaded, "tbt"),
         "<h2>Batch timeline</h2>" + _timeline_figure(loaded),
     ]
-    return _write_page(Path(out_path), title, sections)
+    return write_page(Path(out_path), title, sections)
 
 
 def _load_runs(refs: list[RunRef]) -> list[_Run]:
@@ -132,7 +133,7 @@ def _read_summary(run_dir: Path, required: Iterable[str]) -> dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def _header(title: str, notes: list[str]) -> str:
+def page_header(title: str, notes: list[str]) -> str:
     items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
     return f"<h1>{html.escape(title)}</h1>" + (f"<ul class='notes'>{items}</ul>" if items else "")
 
@@ -149,7 +150,7 @@ def _runs_table(runs: list[_Run]) -> str:
                      s["tbt_s"]["p50"], s["tbt_s"]["p99"], s["ttft_s"]["p50"], s["ttft_s"]["p99"],
                      s["longest_generation_stall_s"], s["makespan_s"], s["preemptions"],
                      s["conservation"]["ok"]])
-    return _html_table(columns, rows)
+    return html_table(columns, rows)
 
 
 def _config_details(runs: list[_Run]) -> str:
@@ -163,7 +164,7 @@ def _config_details(runs: list[_Run]) -> str:
                      s.get("hardware"), s.get("cost_model"), s.get("workload"),
                      s.get("kv_cache_blocks"), s["num_requests"], s["num_batches"],
                      str(run.ref.run_dir)])
-    return "<details><summary>Configuration of each run</summary>" + _html_table(columns, rows) + "</details>"
+    return "<details><summary>Configuration of each run</summary>" + html_table(columns, rows) + "</details>"
 
 
 def _figure_1a(runs: list[_Run]) -> str:
@@ -171,8 +172,13 @@ def _figure_1a(runs: list[_Run]) -> str:
     heading = "<h2>Figure 1a: decode tokens completed over time (static burst)</h2>"
     if not burst:
         return heading + "<p>No panel-1a runs.</p>"
+    return heading + _stall_headlines(burst) + fig_html(_completion_figure(burst))
+
+
+def _completion_figure(runs: list[_Run]) -> go.Figure:
+    """Cumulative decode tokens over time, one step curve per run."""
     fig = go.Figure()
-    for run in burst:
+    for run in runs:
         series = run.read("decode_completion_time_series.csv")
         # Start the curve at the origin: nothing is decoded before the first prompt finishes.
         t = np.r_[0.0, series["Time (sec)"].to_numpy(float)]
@@ -180,9 +186,9 @@ def _figure_1a(runs: list[_Run]) -> str:
         t, done = _thin_step_series(t, done, MAX_STEP_POINTS)
         fig.add_trace(go.Scatter(x=_compact(t), y=_compact(done), name=run.ref.label, mode="lines",
                                  line=dict(shape="hv", color=run.color, dash=run.dash)))
-    fig.update_layout(template=_TEMPLATE, height=450, xaxis_title="time since the first arrival (s)",
+    fig.update_layout(template=TEMPLATE, height=450, xaxis_title="time since the first arrival (s)",
                       yaxis_title="decode tokens completed", legend_title_text="run")
-    return heading + _stall_headlines(burst) + _fig_html(fig)
+    return fig
 
 
 def _stall_headlines(burst: list[_Run]) -> str:
@@ -243,10 +249,10 @@ def _figure_1b(runs: list[_Run]) -> str:
             x=[f"QPS {r.ref.qps:g}" for r in mine], y=p99, name=label,
             text=[_bar_text(v) for v in p99], textposition="outside",
             marker=dict(color=mine[0].color, pattern_shape="/" if mine[0].ref.mode == "real" else "")))
-    fig.update_layout(template=_TEMPLATE, height=450, barmode="group", yaxis_title="P99 TBT (s)",
+    fig.update_layout(template=TEMPLATE, height=450, barmode="group", yaxis_title="P99 TBT (s)",
                       legend_title_text="run", uniformtext_minsize=9,
                       xaxis=dict(categoryorder="array", categoryarray=[f"QPS {q:g}" for q in qps_values]))
-    return heading + _fig_html(fig)
+    return heading + fig_html(fig)
 
 
 def _bar_text(value: float | None) -> str:
@@ -277,8 +283,8 @@ def _cdf_figure(runs: list[_Run], metric: str) -> str:
     x_title, x_type = ("TTFT (s)", "linear") if metric == "ttft" else ("TBT (s, log scale)", "log")
     fig.update_xaxes(title_text=x_title, type=x_type)
     fig.update_yaxes(title_text="fraction", range=[0, 1.02])
-    fig.update_layout(template=_TEMPLATE, height=380 * rows, legend_title_text="run")
-    return _fig_html(fig)
+    fig.update_layout(template=TEMPLATE, height=380 * rows, legend_title_text="run")
+    return fig_html(fig)
 
 
 def _groups(runs: list[_Run]) -> dict[str, list[_Run]]:
@@ -323,8 +329,8 @@ def _timeline_figure(runs: list[_Run]) -> str:
                           row=i + 1, col=1)
         fig.update_yaxes(title_text="tokens in batch", row=i + 1, col=1)
     fig.update_xaxes(title_text="time (s)")
-    fig.update_layout(template=_TEMPLATE, height=300 * len(chosen) + 80)
-    return _fig_html(fig)
+    fig.update_layout(template=TEMPLATE, height=300 * len(chosen) + 80)
+    return fig_html(fig)
 
 
 def _timeline_points(batches: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -346,6 +352,27 @@ def _timeline_points(batches: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.
     zeros = np.zeros(int(idle_after.sum()))
     order = np.argsort(t, kind="stable")
     return t[order], np.r_[prompt, zeros][order], np.r_[decode, zeros][order]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections for other pages (experiments/validate.py): run references in, HTML out, drawn as in
+# the Figure 1 page (colour per label base, real runs dashed)
+
+
+def runs_section(refs: list[RunRef]) -> str:
+    """The table of key metrics per run, with each run's configuration folded below it."""
+    runs = _load_runs(refs)
+    return _runs_table(runs) + _config_details(runs)
+
+
+def decode_completion_section(refs: list[RunRef]) -> str:
+    """Cumulative decode tokens over time, one curve per run, in one figure."""
+    return fig_html(_completion_figure(_load_runs(refs)))
+
+
+def cdf_section(refs: list[RunRef], metric: str) -> str:
+    """CDFs of "ttft" (per request) or "tbt" (per token), one subplot per group of runs."""
+    return _cdf_figure(_load_runs(refs), metric)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +404,7 @@ def write_sweep_report(run_dirs: list[Path], overrides: list[list[str]], out_pat
     }
     rows = [[run.get(k, "") for k in keys] + [get(s) for get in metrics.values()] + [str(d)]
             for run, s, d in zip(parsed, summaries, run_dirs)]
-    table = _html_table(keys + list(metrics) + ["directory"], rows)
+    table = html_table(keys + list(metrics) + ["directory"], rows)
 
     charts = ("P99 TBT (s)", "P99 TTFT (s)", "output tokens/s")
     fig = make_subplots(rows=len(charts), cols=1, shared_xaxes=True, subplot_titles=charts,
@@ -387,9 +414,9 @@ def write_sweep_report(run_dirs: list[Path], overrides: list[list[str]], out_pat
         fig.add_trace(go.Bar(x=names, y=values, name=chart, showlegend=False, marker_color=_PALETTE[i],
                              text=[_format(v) for v in values], textposition="outside"),
                       row=i + 1, col=1)
-    fig.update_layout(template=_TEMPLATE, height=300 * len(charts) + 150)
-    return _write_page(Path(out_path), title, [
-        f"<h1>{html.escape(title)}</h1>", "<h2>Runs</h2>" + table, "<h2>Comparison</h2>" + _fig_html(fig)])
+    fig.update_layout(template=TEMPLATE, height=300 * len(charts) + 150)
+    return write_page(Path(out_path), title, [
+        f"<h1>{html.escape(title)}</h1>", "<h2>Runs</h2>" + table, "<h2>Comparison</h2>" + fig_html(fig)])
 
 
 def _split_override(override: str) -> tuple[str, str]:
@@ -407,7 +434,7 @@ def _compact(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def _fig_html(fig: go.Figure) -> str:
+def fig_html(fig: go.Figure) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
 
 
@@ -421,7 +448,7 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _html_table(columns: list[str], rows: list[list[Any]]) -> str:
+def html_table(columns: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in row) + "</tr>"
                    for row in rows)
@@ -439,7 +466,7 @@ td:first-child, th:first-child { text-align: left; }
 """
 
 
-def _write_page(out_path: Path, title: str, sections: list[str]) -> Path:
+def write_page(out_path: Path, title: str, sections: list[str]) -> Path:
     page = (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"

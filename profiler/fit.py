@@ -211,20 +211,26 @@ class _Design:
         self.terms = list(f.terms)
 
     def law(self, family: str, coef: Mapping[str, float], p: Mapping[str, float]) -> Law:
-        get = lambda name: float(coef.get(name, 0.0))  # noqa: E731 - a lookup with default
+        """The law with these coefficients (a left-out column's is 0) and p per term (default 1)."""
+        def get(name: str) -> float:
+            return float(coef.get(name, 0.0))
         return Law(family, get("fixed"), get("per_seq"),
                    {t: Roofline(get(f"{t}.flops"), get(f"{t}.bytes"), p.get(t, 1.0)) for t in self.terms})
 
 
-def fit_linear(f: Features, seconds: np.ndarray) -> Law:
+def _linear_coefficients(design: _Design, seconds: np.ndarray) -> dict[str, float]:
     """Non-negative least squares of relative error: minimise sum ((X c - t) / t)^2, c >= 0."""
     from sklearn.linear_model import LinearRegression  # only a cache miss fits
 
-    design = _Design(f)
     x = design.matrix / seconds[:, None]
     scale = x.max(axis=0)  # unit columns: the solver sees comparable magnitudes (1 vs 1e12 FLOPs)
     reg = LinearRegression(fit_intercept=False, positive=True).fit(x / scale, np.ones_like(seconds))
-    return design.law("linear", dict(zip(design.names, reg.coef_ / scale)), {})
+    return dict(zip(design.names, reg.coef_ / scale))
+
+
+def fit_linear(f: Features, seconds: np.ndarray) -> Law:
+    design = _Design(f)
+    return design.law("linear", _linear_coefficients(design, seconds), {})
 
 
 def fit_roofline(f: Features, seconds: np.ndarray) -> Law:
@@ -232,16 +238,12 @@ def fit_roofline(f: Features, seconds: np.ndarray) -> Law:
     from scipy.optimize import least_squares  # only a cache miss fits
 
     design = _Design(f)
-    start = fit_linear(f, seconds)
+    linear = _linear_coefficients(design, seconds)
+    # Log space cannot start at 0: a coefficient the linear fit zeroed restarts where its column
+    # explains a thousandth of a typical time.
     typical = np.median(seconds)
-    coef0 = []
-    for j, name in enumerate(design.names):  # a zero from the linear fit restarts at a small share
-        value = dict(fixed=start.fixed_s, per_seq=start.per_seq_s).get(name)
-        if value is None:
-            term, kind = name.split(".")
-            value = getattr(start.terms[term], "s_per_flop" if kind == "flops" else "s_per_byte")
-        floor = 1e-3 * typical / max(np.median(design.matrix[:, j][design.matrix[:, j] > 0]), 1e-30)
-        coef0.append(max(value, floor))
+    coef0 = [max(linear[name], 1e-3 * typical / np.median(column[column > 0]))
+             for name, column in zip(design.names, design.matrix.T)]
     # p only where a term has both FLOPs and bytes; p = 1 + exp(q), q in [-6, 3]: p in (1, 21]
     p_terms = [t for t in design.terms if f"{t}.flops" in design.names and f"{t}.bytes" in design.names]
     theta0 = np.concatenate([np.log(coef0), np.zeros(len(p_terms))])
@@ -253,7 +255,7 @@ def fit_roofline(f: Features, seconds: np.ndarray) -> Law:
         return design.law("roofline", coef, {t: 1.0 + math.exp(q) for t, q in zip(p_terms, theta[len(coef0):])})
 
     result = least_squares(lambda theta: law_of(theta).seconds(f) / seconds - 1.0, theta0,
-                           bounds=(lower, upper), x_scale=1.0, method="trf")
+                           bounds=(lower, upper), method="trf")
     return law_of(result.x)
 
 
@@ -324,7 +326,7 @@ def read_profile(directory: str | Path) -> Profile:
     if bad.any().any():
         row, col = map(int, np.argwhere(bad.to_numpy())[0])
         raise ValueError(f"{directory / PROFILE_TABLE} row {row + 2}: {numeric[col]}="
-                         f"{table[numeric[col]].iloc[row]!r} is not a number >= 0; fix or re-measure")
+                         f"{table[numeric[col]].iloc[row]} is not a number >= 0; fix or re-measure")
     table[numeric] = values
     times = values[["p10_ms", "median_ms", "p90_ms"]].to_numpy()
     bad_rows = np.flatnonzero((times[:, 1] <= 0) | (times[:, 0] > times[:, 1]) | (times[:, 1] > times[:, 2]))
@@ -440,8 +442,6 @@ def _residual_shape(op: str, rows: Any) -> tuple[int, ...] | None:
 
 
 def fit_profile(profile: Profile, folds: int = 5, seed: int = 0) -> FittedProfile:
-    from sklearn.model_selection import KFold  # only a cache miss fits
-
     started = time.perf_counter()
     table = profile.table
     fitted_ops = [op for op in GEMM_OPS + STREAM_OPS + (ATTENTION,) if (table["op"] == op).any()]
@@ -462,55 +462,74 @@ def fit_profile(profile: Profile, folds: int = 5, seed: int = 0) -> FittedProfil
         if len(rows) < 3:
             raise ValueError(f"profile {profile.directory}: law group {group!r} has {len(rows)} points; "
                              "need at least 3 (measure a larger grid)")
-        op_of = rows["op"].to_numpy()
-        group_features = _stack([features(op, _columns(rows[op_of == op]), profile.model, profile.tp)
-                                 for op in ops], [np.flatnonzero(op_of == op) for op in ops], len(rows))
-        stacked = lambda at: _select(group_features, at)  # noqa: E731 - features of some rows
-        measured = rows["median_ms"].to_numpy() * 1e-3
-        tokens = rows["tokens"].to_numpy(dtype=float)
-        shapes = {op: _residual_shape(op, rows[op_of == op]) for op in ops}
-        splits = list(KFold(min(folds, len(rows)), shuffle=True, random_state=seed).split(rows))
-
-        # A group without FLOPs (bandwidth-bound ops) has nothing for p to combine.
-        has_flops = any(np.any(flops > 0) for flops, _ in group_features.terms.values())
-        families = list(FAMILIES) if has_flops else ["linear"]
-        out_of_fold = {fam: np.zeros(len(rows)) for fam in families}
-        with_residual = {fam: np.full(len(rows), np.nan) for fam in families}
-        for train, test in splits:
-            for fam in families:
-                law = FAMILIES[fam](stacked(train), measured[train])
-                prediction = law.seconds(stacked(test))
-                out_of_fold[fam][test] = prediction
-                for op in ops:
-                    if shapes[op] is None:
-                        continue
-                    tr = train[op_of[train] == op]
-                    te = test[op_of[test] == op]
-                    if len(tr) and len(te):
-                        ratio = measured[tr] / law.seconds(stacked(tr))
-                        r = Residual.fit(shapes[op], tokens[tr], ratio)
-                        with_residual[fam][te] = prediction[op_of[test] == op] * r.at(tokens[te])
-        family = min(families, key=lambda fam: np.mean(_ape(out_of_fold[fam], measured)))
-        laws[group] = law = FAMILIES[family](stacked(np.arange(len(rows))), measured)
-
-        for op in ops:
-            mine = op_of == op
-            law_ape = _ape(out_of_fold[family][mine], measured[mine])
-            res_pred = with_residual[family][mine]
-            res_ape = _ape(res_pred, measured[mine]) if shapes[op] is not None and not np.isnan(res_pred).any() else None
-            keep = res_ape is not None and res_ape.mean() < law_ape.mean()
-            chosen, chosen_pred = (res_ape, res_pred) if keep else (law_ape, out_of_fold[family][mine])
-            if keep:
-                everywhere = np.flatnonzero(mine)
-                residuals[op] = Residual.fit(shapes[op], tokens[mine],
-                                             measured[mine] / law.seconds(stacked(everywhere)))
-            held_out[rows.index[mine]] = chosen_pred * 1e3
-            scores.append(OpScore(op, group, int(mine.sum()), family + ("+residual" if keep else ""),
-                                  float(law_ape.mean()), None if res_ape is None else float(res_ape.mean()),
-                                  float(chosen.mean()), float(np.percentile(chosen, 90)), float(chosen.max())))
+        fitted = _GroupFit(group, ops, rows, profile.model, profile.tp)
+        laws[group] = fitted.select(folds, seed)
+        residuals.update(fitted.residuals)
+        scores += fitted.scores
+        held_out[rows.index] = fitted.held_out * 1e3
     return FittedProfile(str(profile.directory), profile.content_hash, profile.metadata, laws, residuals,
                          scores, [None if np.isnan(v) else float(v) for v in held_out],
                          _all_reduce_curves(profile.rows(ALL_REDUCE)), time.perf_counter() - started)
+
+
+class _GroupFit:
+    """Cross-validation and the final fit of one law group (rows of one or several ops)."""
+
+    def __init__(self, group: str, ops: list[str], rows: Any, model: ModelSpec, tp: int):
+        self.group, self.ops = group, ops
+        self.op_of = rows["op"].to_numpy()
+        self.features = _stack([features(op, _columns(rows[self.op_of == op]), model, tp) for op in ops],
+                               [np.flatnonzero(self.op_of == op) for op in ops], len(rows))
+        self.measured = rows["median_ms"].to_numpy() * 1e-3
+        self.tokens = rows["tokens"].to_numpy(dtype=float)
+        self.shapes = {op: _residual_shape(op, rows[self.op_of == op]) for op in ops}
+        # A group without FLOPs (bandwidth-bound ops) has nothing for p to combine.
+        has_flops = any(np.any(flops > 0) for flops, _ in self.features.terms.values())
+        self.families = list(FAMILIES) if has_flops else ["linear"]
+        self.residuals: dict[str, Residual] = {}
+        self.scores: list[OpScore] = []
+        self.held_out = np.full(len(rows), np.nan)
+
+    def _law(self, family: str, at: np.ndarray) -> Law:
+        return FAMILIES[family](_select(self.features, at), self.measured[at])
+
+    def _residual(self, op: str, law: Law, at: np.ndarray) -> Residual:
+        """The op's residual measured / law over the rows `at` (all of them the op's)."""
+        return Residual.fit(self.shapes[op], self.tokens[at],
+                            self.measured[at] / law.seconds(_select(self.features, at)))
+
+    def select(self, folds: int, seed: int) -> Law:
+        """Held-out predictions of every family with and without residuals, the choices, and the
+        chosen family's law fitted to all rows."""
+        from sklearn.model_selection import KFold  # only a cache miss fits
+
+        n = len(self.measured)
+        law_only = {fam: np.zeros(n) for fam in self.families}
+        with_residual = {fam: np.full(n, np.nan) for fam in self.families}
+        for train, test in KFold(min(folds, n), shuffle=True, random_state=seed).split(self.measured):
+            for fam in self.families:
+                law = self._law(fam, train)
+                law_only[fam][test] = law.seconds(_select(self.features, test))
+                for op in self.ops:
+                    tr, te = train[self.op_of[train] == op], test[self.op_of[test] == op]
+                    if self.shapes[op] is not None and len(tr) and len(te):
+                        with_residual[fam][te] = law_only[fam][te] * self._residual(op, law, tr).at(self.tokens[te])
+        family = min(self.families, key=lambda fam: np.mean(_ape(law_only[fam], self.measured)))
+        law = self._law(family, np.arange(n))
+        for op in self.ops:
+            mine = self.op_of == op
+            law_ape = _ape(law_only[family][mine], self.measured[mine])
+            res_ape = (None if self.shapes[op] is None or np.isnan(with_residual[family][mine]).any()
+                       else _ape(with_residual[family][mine], self.measured[mine]))
+            keep = res_ape is not None and res_ape.mean() < law_ape.mean()
+            if keep:
+                self.residuals[op] = self._residual(op, law, np.flatnonzero(mine))
+            self.held_out[mine] = (with_residual if keep else law_only)[family][mine]
+            chosen = res_ape if keep else law_ape
+            self.scores.append(OpScore(op, self.group, int(mine.sum()), family + ("+residual" if keep else ""),
+                                       float(law_ape.mean()), None if res_ape is None else float(res_ape.mean()),
+                                       float(chosen.mean()), float(np.percentile(chosen, 90)), float(chosen.max())))
+        return law
 
 
 def _all_reduce_curves(rows: Any) -> dict[str, dict[str, list[float]]]:
@@ -537,7 +556,9 @@ def load_fit(profile_dir: str | Path, cache_dir: str | Path | None = None) -> Fi
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"{_hash(profile_dir)}.json"
     if path.is_file():
-        return FittedProfile.from_json(json.loads(path.read_text()))
+        cached = FittedProfile.from_json(json.loads(path.read_text()))
+        cached.directory = str(profile_dir)  # the same bytes may have been fitted under another path
+        return cached
     fitted = fit_profile(read_profile(profile_dir))
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # atomic: parallel simulations may fit at once

@@ -27,8 +27,7 @@ from simulator.core.model_spec import ModelSpec
 
 from .all_reduce import AllReduceModel
 from .cost_model import CostModel
-from .fit import (ATTENTION, FittedProfile, Law, AttentionUnits, law_group, linear_shapes, load_fit,
-                  stream_widths)
+from .fit import ATTENTION, AttentionUnits, Law, law_group, linear_shapes, load_fit, stream_widths
 from .hardware import HardwareSpec
 
 # How often each op runs per decoder layer (the residual add is timed with its RMSNorm).

@@ -1,0 +1,80 @@
+"""`python -m profiler.predict model=... parallel.tp=... hardware=... profiler.tokens=[1,16,256,1536]`
+
+Prints CSV: per operation, the predicted milliseconds of one iteration for a prompt chunk of N
+tokens (no earlier context) and a decode batch of N sequences (each `profiler.decode_context`
+tokens long), for each N in `profiler.tokens`, plus their totals. Any hydra override of model.*
+works (e.g. `model.hidden_size=4096`). The cost model: fitted if a profile for the configured
+hardware exists, transfer if one for another hardware exists, else analytical (`profiler.profile`
+names a profile dir directly); a leading comment line says which, and where its numbers come from.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from simulator.cli import run_or_exit, to_dict
+from simulator.core.batch import BatchShape
+from simulator.core.model_spec import ModelSpec
+
+from .cost_model import CostModel, build_cost_model, resolve_cost_model_name, shipped_profile_dir
+from .fit import PROFILE_METADATA
+from .hardware import HardwareSpec
+
+
+def choose_cost_model(config: dict[str, Any]) -> CostModel:
+    model = ModelSpec.from_config(config["model"])
+    hardware = HardwareSpec.from_config(config["hardware"])
+    tp = int(config["parallel"]["tp"])
+    settings = config["profiler"]
+    data_dir = Path(config["shared_data_dir"]) if config.get("shared_data_dir") else None
+    if settings["profile"] is not None:
+        profile_dir = Path(settings["profile"])
+        if not (profile_dir / PROFILE_METADATA).is_file():
+            raise FileNotFoundError(f"profiler.profile={settings['profile']!r} has no {PROFILE_METADATA}; "
+                                    "give a directory written by `python -m profiler`")
+        measured_for = json.loads((profile_dir / PROFILE_METADATA).read_text())["hardware"]["name"]
+        name = "fitted" if measured_for == hardware.name else "transfer"
+    else:
+        name = resolve_cost_model_name(config["hardware"], "auto")
+        profile_dir = shipped_profile_dir(config["hardware"])
+    options = {} if name == "analytical" else {"profile_dir": profile_dir, "cache_dir": settings["cache_dir"]}
+    return build_cost_model(model, hardware, tp, name=name, data_dir=data_dir, **options)
+
+
+def prediction_csv(config: dict[str, Any]) -> str:
+    cost_model = choose_cost_model(config)
+    context = int(config["profiler"]["decode_context"])
+    batches = []
+    for n in config["profiler"]["tokens"]:
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"profiler.tokens has {n}; every entry must be a token count >= 1")
+        batches.append(("prefill", n, BatchShape(n, 0, 1, 0, n, n * (n + 1) // 2)))
+        batches.append((f"decode@{context}", n, BatchShape(0, n, 0, n * context, 0, 0)))
+    columns = {f: [getattr(shape, f) for _, _, shape in batches] for f in BatchShape.FIELDS}
+    ops = cost_model.breakdown(columns)
+    out = io.StringIO()
+    out.write(f"# cost model: {cost_model.name}: {cost_model.label}\n")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["operation", "batch", "tokens", "milliseconds"])
+    for i, (batch, n, shape) in enumerate(batches):
+        for op, seconds in ops.items():
+            writer.writerow([op, batch, n, f"{seconds[i] * 1e3:.6g}"])
+        writer.writerow(["total", batch, n, f"{cost_model.batch_time(shape) * 1e3:.6g}"])
+    return out.getvalue()
+
+
+@hydra.main(config_path="../conf", config_name="profiler", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    config = to_dict(cfg)
+    print(run_or_exit(lambda: prediction_csv(config)), end="")
+
+
+if __name__ == "__main__":
+    main()
