@@ -43,6 +43,7 @@ class HardwareSpec:
     kernel_launch_floor_us: float
     cpu_overhead_ms: float
     all_reduce: AllReduceSpec
+    profile: str | None = None  # a measured profile shipped in the repo (profiles/...), if any
 
     @property
     def peak_flops(self) -> float:
@@ -83,8 +84,9 @@ class HardwareSpec:
             raise ValueError(f"hardware.all_reduce.fallback={workers} lists a num_workers twice; "
                              "keep one entry per number of workers")
         a.no_extra()
+        profile = r.optional_string("profile", "a profile folder inside the repository, or null")
         r.no_extra()
-        return cls(name, memory_gib, peak, bw, efficiency, floor, cpu, AllReduceSpec(csv, fallback))
+        return cls(name, memory_gib, peak, bw, efficiency, floor, cpu, AllReduceSpec(csv, fallback), profile)
 
 
 def _alpha_beta(r: "_Reader") -> AlphaBeta:
