@@ -91,9 +91,8 @@ def _cpu_spin(seconds: float) -> None:
         pass
 
 
-def _gpu_spinner(device: torch.device) -> Callable[[float], None]:
-    """A function that keeps the GPU's stream busy for a given time (torch.cuda._sleep spins
-    for a number of clock cycles; the cycle rate is measured once here)."""
+def sleep_cycles_per_second(device: torch.device) -> float:
+    """The clock rate of `torch.cuda._sleep` (which spins for a number of cycles), measured once."""
     cycles = 10_000_000
     with torch.cuda.device(device):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -102,5 +101,10 @@ def _gpu_spinner(device: torch.device) -> Callable[[float], None]:
         torch.cuda._sleep(cycles)
         end.record()
         end.synchronize()
-    cycles_per_second = cycles / (start.elapsed_time(end) * 1e-3)
+    return cycles / (start.elapsed_time(end) * 1e-3)
+
+
+def _gpu_spinner(device: torch.device) -> Callable[[float], None]:
+    """A function that keeps the GPU's stream busy for a given time."""
+    cycles_per_second = sleep_cycles_per_second(device)
     return lambda seconds: torch.cuda._sleep(int(seconds * cycles_per_second))

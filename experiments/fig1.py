@@ -21,7 +21,7 @@ from .parallel import run_all
 from .report import RunRef, write_fig1_report
 
 MODES = ("sim", "real")
-_RUN_KEYS = ("model", "hardware", "parallel", "engine", "cost_model", "shared_data_dir")
+RUN_KEYS = ("model", "hardware", "parallel", "engine", "cost_model", "shared_data_dir")
 
 
 def plan_runs(config: dict[str, Any]) -> list[tuple[RunRef, dict[str, Any]]]:
@@ -36,19 +36,20 @@ def plan_runs(config: dict[str, Any]) -> list[tuple[RunRef, dict[str, Any]]]:
             workload = copy.deepcopy(config["workload"])
             workload.update(num_requests=fig["num_requests"], max_tokens=max_tokens)
             workload["arrival"].update(kind=arrival, qps=qps if qps is not None else workload["arrival"]["qps"])
-            scheduler = _scheduler_config(name, overrides, max_tokens)
+            scheduler = scheduler_config(name, overrides, max_tokens, "fig1.schedulers")
             run_dir = root / (f"{panel}_{name}" + (f"_qps{qps:g}" if qps is not None else ""))
-            run_cfg = {k: copy.deepcopy(config[k]) for k in _RUN_KEYS}
+            run_cfg = {k: copy.deepcopy(config[k]) for k in RUN_KEYS}
             run_cfg.update(scheduler=scheduler, workload=workload, output_dir=str(run_dir))
             label = name if name != "sarathi" else f"sarathi (chunk {scheduler['chunk_size']})"
             plans.append((RunRef(run_dir, label, panel, qps, config["mode"]), run_cfg))
     return plans
 
 
-def _scheduler_config(name: str, overrides: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+def scheduler_config(name: str, overrides: dict[str, Any] | None, max_tokens: int, where: str) -> dict[str, Any]:
+    """conf/scheduler/<name>.yaml with `overrides` (from the config key `where`) and max_model_len."""
     path = REPO_ROOT / "conf" / "scheduler" / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"fig1.schedulers has unknown scheduler {name!r}: no {path}")
+        raise ValueError(f"{where} has unknown scheduler {name!r}: no {path}")
     merged = OmegaConf.merge(OmegaConf.load(path), overrides or {})
     merged.max_model_len = max_tokens
     return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]

@@ -37,7 +37,7 @@ import hydra
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from plotly.subplots import make_subplots
 
 from profiler.cost_model import CostModel
@@ -45,10 +45,10 @@ from simulator.cli import run_or_exit, to_dict
 from simulator.core.batch import BatchShape
 from simulator.run import REPO_ROOT, prepare, run_simulation
 
+from .fig1 import RUN_KEYS, scheduler_config
 from .report import (TEMPLATE, RunRef, cdf_section, decode_completion_section, fig_html, html_table,
                      page_header, runs_section, write_page)
 
-_RUN_KEYS = ("model", "hardware", "parallel", "engine", "cost_model", "shared_data_dir")
 # figure -> (summary key, quantile or None); each compared as the relative error of sim vs real.
 RUN_FIGURES = {
     "tbt_p50": ("tbt_s", "p50"),
@@ -137,23 +137,14 @@ def plan_pairs(config: Mapping[str, Any]) -> list[Pair]:
         raise ValueError("validate.schedulers is empty; name at least one, e.g. validate.schedulers={vllm: {}}")
     pairs = []
     for name, overrides in val["schedulers"].items():
-        scheduler = _scheduler_config(name, overrides, int(val["max_tokens"]))
-        base = {k: copy.deepcopy(config[k]) for k in _RUN_KEYS}
+        scheduler = scheduler_config(name, overrides, int(val["max_tokens"]), "validate.schedulers")
+        base = {k: copy.deepcopy(config[k]) for k in RUN_KEYS}
         base.update(scheduler=scheduler, workload=copy.deepcopy(workload))
         real_cfg = {**copy.deepcopy(base), "output_dir": str(root / f"real_{name}")}
         sim_cfg = {**copy.deepcopy(base), "model": copy.deepcopy(model), "output_dir": str(root / f"sim_{name}")}
         label = name if name != "sarathi" else f"sarathi (chunk {scheduler['chunk_size']})"
         pairs.append(Pair(name, label, real_cfg, sim_cfg))
     return pairs
-
-
-def _scheduler_config(name: str, overrides: Mapping[str, Any] | None, max_tokens: int) -> dict[str, Any]:
-    path = REPO_ROOT / "conf" / "scheduler" / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"validate.schedulers has unknown scheduler {name!r}: no {path}")
-    merged = OmegaConf.merge(OmegaConf.load(path), overrides or {})
-    merged.max_model_len = max_tokens
-    return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
 
 
 def thresholds(config: Mapping[str, Any]) -> dict[str, float]:

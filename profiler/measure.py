@@ -50,23 +50,15 @@ class CudaTimer:
     def __init__(self, device: Any):
         import torch
 
+        from backend.collectives import sleep_cycles_per_second  # the backend's own spin calibration
+
         self.torch = torch
         self.device = torch.device(device)
         l2 = torch.cuda.get_device_properties(self.device).L2_cache_size
         self._flush = torch.empty(2 * l2, dtype=torch.int8, device=self.device)
-        self._cycles_per_s = self._spin_rate()
+        self._cycles_per_s = sleep_cycles_per_second(self.device)
         self.method = (f"CUDA events around each call, after flushing L2 ({2 * l2 >> 20} MiB written) and a "
                        "spin kernel that lets the CPU enqueue the whole call first")
-
-    def _spin_rate(self) -> float:
-        torch, cycles = self.torch, 10_000_000
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(cycles)  # warm-up
-        start.record()
-        torch.cuda._sleep(cycles)
-        end.record()
-        end.synchronize()
-        return cycles / (start.elapsed_time(end) * 1e-3)
 
     def __call__(self, fn: Callable[[], Any], warmup: int, repeats: int) -> np.ndarray:
         torch = self.torch

@@ -1,7 +1,6 @@
 """The simulator end to end: config -> run directory, determinism, errors, and Figure 1's claims."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
