@@ -64,7 +64,7 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
         num_blocks = int(engine["num_blocks"])
         capacity_line = f"KV cache: {num_blocks} blocks of {sched_config.block_size} tokens (engine.num_blocks)"
     else:
-        peak_tokens = SCHEDULERS[name].peak_batch_tokens(sched_config)
+        peak_tokens = sum(SCHEDULERS[name].profile_prompt_lengths(sched_config))
         capacity = kv_capacity(model, tp, hardware.memory_bytes, float(engine["gpu_memory_utilization"]),
                                peak_tokens, sched_config.block_size)
         num_blocks = capacity.num_blocks

@@ -71,8 +71,17 @@ class Scheduler:
         self.num_unfinished = 0
 
     @classmethod
-    def peak_batch_tokens(cls, config: SchedulerConfig) -> int:
-        """The most tokens one forward pass can hold (sizes the activation reserve)."""
+    def profile_prompt_lengths(cls, config: SchedulerConfig) -> list[int]:
+        """The prompts of the largest forward pass this policy can issue, as the reference profiles
+        it to size the activation reserve (reference-semantics §6): `max_num_seqs` prompts
+        sharing the prompt-token cap. Both the KV-capacity estimate and the GPU backend use it."""
+        tokens = cls.prompt_token_cap(config)
+        n = min(config.max_num_seqs, tokens)
+        return [tokens // n + (i < tokens % n) for i in range(n)]
+
+    @classmethod
+    def prompt_token_cap(cls, config: SchedulerConfig) -> int:
+        """Prompt tokens one batch may hold."""
         return config.max_model_len
 
     # ---- requests in -------------------------------------------------------------------------

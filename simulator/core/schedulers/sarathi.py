@@ -15,8 +15,8 @@ class SarathiScheduler(Scheduler):
     name = "sarathi"
 
     @classmethod
-    def peak_batch_tokens(cls, config: SchedulerConfig) -> int:
-        return max(config.chunk_size, config.max_num_seqs)  # decodes are never held back
+    def profile_prompt_lengths(cls, config: SchedulerConfig) -> list[int]:
+        return [min(config.chunk_size, config.max_model_len)]  # one full chunk (reference §6)
 
     def schedule(self, now: float) -> Batch | None:
         batch = Batch()

@@ -14,13 +14,13 @@ class VLLMScheduler(Scheduler):
     name = "vllm"
 
     @classmethod
-    def peak_batch_tokens(cls, config: SchedulerConfig) -> int:
+    def prompt_token_cap(cls, config: SchedulerConfig) -> int:
         return config.max_tokens_in_batch or config.max_model_len
 
     def schedule(self, now: float) -> Batch | None:
         batch = Batch()
         waiting = self.waiting
-        token_cap = self.peak_batch_tokens(self.config)
+        token_cap = self.prompt_token_cap(self.config)
         # Head-of-line: stop at the first waiting request that does not fit.
         while waiting:
             req = waiting[0]
