@@ -15,7 +15,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from simulator.cli import run_or_exit, to_dict
-from simulator.run import REPO_ROOT, run_simulation
+from simulator.core.paths import REPO_ROOT
+from simulator.run import run_simulation
 
 from .parallel import run_all
 from .report import RunRef, write_fig1_report

@@ -43,7 +43,8 @@ from plotly.subplots import make_subplots
 from profiler.cost_model import CostModel
 from simulator.cli import run_or_exit, to_dict
 from simulator.core.batch import BatchShape
-from simulator.run import REPO_ROOT, prepare, run_simulation
+from simulator.core.paths import REPO_ROOT
+from simulator.run import prepare, run_simulation
 
 from .fig1 import RUN_KEYS, scheduler_config
 from .report import (TEMPLATE, RunRef, cdf_section, decode_completion_section, fig_html, html_table,

@@ -14,18 +14,13 @@ import simpy
 
 from .core.metrics import MetricsRecorder
 from .core.request import Request
-from .core.schedulers import Scheduler
-
-
-class SchedulerStuckError(RuntimeError):
-    pass
+from .core.schedulers import Scheduler, SchedulerStuckError
 
 
 def simulate(requests: Sequence[Request], scheduler: Scheduler, batch_time: Callable[[object], float],
              on_progress: Callable[[int], None] | None = None) -> MetricsRecorder:
     """Run all `requests` (ids 0..n-1, sorted by arrival) to completion; returns the recorder."""
-    for req in requests:
-        scheduler.check_request(req)  # reject impossible requests before anything runs
+    scheduler.check_requests(requests)  # reject impossible requests before anything runs
     env = simpy.Environment()
     recorder = MetricsRecorder(requests)
     blocks = scheduler.blocks

@@ -14,6 +14,7 @@ from profiler.cost_model import CostModel, build_cost_model, resolve_cost_model_
 from profiler.hardware import HardwareSpec
 
 from .core.kv_capacity import kv_capacity
+from .core.paths import DEFAULT_SHARED_DATA_DIR
 from .core.metrics import check_conservation
 from .core.model_spec import ModelSpec
 from .core.request import Request
@@ -22,7 +23,6 @@ from .core.workload import Workload, workload_from_config
 from .engine import simulate
 from .outputs import write_run
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 _TOP_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "engine", "cost_model",
              "shared_data_dir", "output_dir"}
 
@@ -43,7 +43,7 @@ class Setup:
 
 def shared_data_dir(cfg: Mapping[str, Any]) -> Path:
     configured = cfg.get("shared_data_dir")
-    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
+    return Path(configured) if configured else DEFAULT_SHARED_DATA_DIR
 
 
 def prepare(cfg: Mapping[str, Any]) -> Setup:

@@ -10,7 +10,8 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 
 from simulator.cli import to_dict
-from simulator.run import REPO_ROOT, run_simulation
+from simulator.core.paths import REPO_ROOT
+from simulator.run import run_simulation
 
 CONF = str(REPO_ROOT / "conf")
 

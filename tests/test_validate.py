@@ -13,7 +13,7 @@ import pytest
 
 from experiments.validate import (RUN_FIGURES, format_table, iteration_errors, relative_error,
                                   resolve_device, run_figures, run_validation)
-from simulator.run import REPO_ROOT
+from simulator.core.paths import REPO_ROOT
 from tests.test_simulator import compose_config
 
 TINY = ["model.num_layers=2", "model.hidden_size=64", "model.num_heads=4", "model.num_kv_heads=2",

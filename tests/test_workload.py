@@ -16,16 +16,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator.core.paths import DEFAULT_SHARED_DATA_DIR
 from simulator.core.workload import (TraceFormatError, TraceNotFoundError, Workload,
-                                     WorkloadConfigError, default_shared_data_dir,
-                                     workload_from_config)
+                                     WorkloadConfigError, workload_from_config)
 from simulator.core.workload.arrivals import gamma_arrivals, poisson_arrivals
 from simulator.core.workload.lengths import ARXIV_SUMMARY_PATH, scale_and_clip
 from simulator.core.workload.summarize_arxiv import build_summary
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf" / "workload"
-SHARED = default_shared_data_dir()
+SHARED = DEFAULT_SHARED_DATA_DIR
 SHAREGPT = SHARED / "sharegpt_8k_llama2_tokens.csv"
 ARXIV = SHARED / "arxiv_summarization_llama2_tokens.csv"
 needs_sharegpt = pytest.mark.skipif(

@@ -49,7 +49,7 @@ class Request:
 
     @property
     def total_len(self) -> int:
-        """Tokens the request holds in the KV cache when it finishes (the model-length check)."""
+        """Prompt + output tokens: what `max_model_len` must cover."""
         return self.prompt_len + self.decode_len
 
     @property
@@ -83,7 +83,8 @@ class Request:
         blocks, self.blocks = self.blocks, []
         self.state = State.WAITING
         self.num_preemptions += 1
-        # The last generated token has no KV yet; everything before it is recomputed.
+        # The recompute prefill feeds the prompt and every generated token (the last one's KV was
+        # never written) and samples the next token from the last position.
         self.prefill_len = self.prompt_len + self.generated
         self.prefilled = 0
         return blocks

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .base import RequestRejectedError, Scheduler, SchedulerConfig
+from .base import RequestRejectedError, Scheduler, SchedulerConfig, SchedulerStuckError
 from .faster_transformer import FasterTransformerScheduler
 from .orca import OrcaScheduler
 from .sarathi import SarathiScheduler
@@ -23,4 +23,5 @@ def make_scheduler(name: str, config: SchedulerConfig | Mapping[str, Any], num_b
     return SCHEDULERS[name](config, num_blocks)
 
 
-__all__ = ["SCHEDULERS", "make_scheduler", "Scheduler", "SchedulerConfig", "RequestRejectedError"]
+__all__ = ["SCHEDULERS", "make_scheduler", "Scheduler", "SchedulerConfig", "RequestRejectedError",
+           "SchedulerStuckError"]

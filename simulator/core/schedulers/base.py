@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 from ..batch import Batch
 from ..config_fields import from_mapping
@@ -23,6 +23,10 @@ _PREFILLING = State.PREFILLING
 
 class RequestRejectedError(ValueError):
     """A request the configured model or KV cache can never serve."""
+
+
+class SchedulerStuckError(RuntimeError):
+    """Nothing could be scheduled although requests wait or run: a scheduler bug, never normal."""
 
 
 def _arrival(req: Request) -> float:
@@ -85,6 +89,16 @@ class Scheduler:
         return config.max_model_len
 
     # ---- requests in -------------------------------------------------------------------------
+    def check_requests(self, requests: Sequence[Request]) -> None:
+        """What an engine checks before it starts: ids 0..n-1 in order of arrival, each servable."""
+        for i, req in enumerate(requests):
+            if req.id != i:
+                raise ValueError(f"request ids must be 0..n-1 in list order; position {i} holds id {req.id}")
+            if i and req.arrival < requests[i - 1].arrival:
+                raise ValueError(f"requests must be sorted by arrival; request {i} arrives at "
+                                 f"{req.arrival} before request {i - 1} at {requests[i - 1].arrival}")
+            self.check_request(req)
+
     def check_request(self, req: Request) -> None:
         """Raise RequestRejectedError if this request can never be served."""
         cfg = self.config
@@ -93,11 +107,12 @@ class Scheduler:
                 f"request {req.id} needs {req.total_len} tokens (prompt {req.prompt_len} + output "
                 f"{req.decode_len}) but max_model_len={cfg.max_model_len}; clip the workload "
                 "(workload.max_tokens) or raise max_model_len")
-        # Its largest recompute prompt (all but the last token) must fit above the watermark.
-        needed = self.blocks.blocks_for(req.total_len) + self.blocks.watermark_blocks
+        # The most KV it ever holds is all but its last token (the last is sampled, never fed):
+        # its last decode, or its largest recompute prompt, which must fit above the watermark.
+        needed = self.blocks.blocks_for(req.total_len - 1) + self.blocks.watermark_blocks
         if not self.reserves_max_len and needed > self.blocks.num_blocks:
             raise RequestRejectedError(
-                f"request {req.id} needs {needed} KV blocks ({req.total_len} tokens) but the cache "
+                f"request {req.id} needs {needed} KV blocks ({req.total_len - 1} tokens) but the cache "
                 f"has {self.blocks.num_blocks}; shorten requests or give the KV cache more memory")
 
     def add_request(self, req: Request) -> None:

@@ -25,11 +25,12 @@ import numpy as np
 
 from .arrivals import gamma_arrivals, poisson_arrivals, static_arrivals
 from .config import ArrivalSpec, LengthSpec, WorkloadSpec, parse_workload_config
+from ..paths import DEFAULT_SHARED_DATA_DIR
 from .errors import TraceFormatError, TraceNotFoundError, WorkloadConfigError
 from .lengths import (arxiv_summary_lengths, fixed_lengths, load_arxiv_summary,
                       read_length_trace, scale_and_clip, shuffled_trace_rows, uniform_lengths)
 
-__all__ = ["Workload", "workload_from_config", "default_shared_data_dir",
+__all__ = ["Workload", "workload_from_config",
            "WorkloadConfigError", "TraceFormatError", "TraceNotFoundError"]
 
 
@@ -51,16 +52,11 @@ class Workload:
         return len(self.arrival)
 
 
-def default_shared_data_dir() -> Path:
-    """<repo>/../shared/data, where the reference traces live (never committed)."""
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
-
-
 def workload_from_config(cfg: Mapping,
                          shared_data_dir: str | os.PathLike | None = None) -> Workload:
     """Build the workload a `workload` config group describes (see conf/workload/*.yaml)."""
     spec = parse_workload_config(cfg)
-    data_dir = Path(shared_data_dir) if shared_data_dir is not None else default_shared_data_dir()
+    data_dir = Path(shared_data_dir) if shared_data_dir is not None else DEFAULT_SHARED_DATA_DIR
     raw_prefill, raw_decode, length_text = _raw_lengths(spec, data_dir)
     lengths = spec.lengths
     prefill, decode = scale_and_clip(raw_prefill, raw_decode, lengths.prefill_scale,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import default_shared_data_dir
+from ..paths import DEFAULT_SHARED_DATA_DIR
 from .lengths import ARXIV_SUMMARY_PATH, read_length_trace
 
 TRACE_NAME = "arxiv_summarization_llama2_tokens.csv"
@@ -69,7 +69,7 @@ def write_summary(summary: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trace", type=Path, default=default_shared_data_dir() / TRACE_NAME)
+    parser.add_argument("--trace", type=Path, default=DEFAULT_SHARED_DATA_DIR / TRACE_NAME)
     parser.add_argument("--out", type=Path, default=ARXIV_SUMMARY_PATH)
     args = parser.parse_args(argv)
     write_summary(build_summary(args.trace), args.out)
