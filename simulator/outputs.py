@@ -35,17 +35,30 @@ def _stats(values: np.ndarray) -> dict[str, float | None]:
 
 
 def longest_generation_stall(tables: RunTables) -> float:
-    """Longest interval with a request mid-generation and no token produced anywhere (Figure 1a)."""
-    times = np.unique(tables.tokens["time"])
-    if len(times) < 2:
+    """Longest time with a request mid-generation and no decode token produced anywhere (Figure 1a).
+
+    A request is mid-generation from its first token until it finishes. First tokens do not end a
+    stall: a run of prompt-only batches (vLLM admitting prompts) holds every decode back, and
+    counts as one stall from the last decode token before it to the first one after it.
+    """
+    req, tok = tables.requests, tables.tokens
+    decode_times = np.unique(tok["time"][tok["token_index"] > 1])
+    if not len(decode_times):
         return 0.0
-    first = np.sort(tables.requests["first_token"])
-    finish = np.sort(tables.requests["finish"])
-    gaps = np.diff(times)
-    t = times[:-1]
-    generating = np.searchsorted(first, t, side="right") - np.searchsorted(finish, t, side="right")
-    gaps = gaps[generating > 0]
-    return float(gaps.max()) if len(gaps) else 0.0
+    first, finish = req["first_token"], req["finish"]
+    multi = req["decode_len"] > 1  # a one-token request is never mid-generation
+    starts_sorted = np.sort(first[multi])
+    finishes_sorted = np.sort(finish[multi])
+    prev = np.concatenate(([-np.inf], decode_times[:-1]))
+    # Requests mid-generation at `prev` stay so until their next decode token, i.e. the whole gap.
+    active = (np.searchsorted(starts_sorted, prev, side="right")
+              - np.searchsorted(finishes_sorted, prev, side="right"))
+    # Otherwise the stall starts when the first request enters generation within the gap.
+    entering = np.searchsorted(starts_sorted, prev, side="right")
+    entry = starts_sorted[np.minimum(entering, len(starts_sorted) - 1)]
+    start = np.where(active > 0, prev, entry)
+    stalls = np.where(start < decode_times, decode_times - start, 0.0)
+    return float(stalls.max())
 
 
 def summarize(tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
