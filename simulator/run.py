@@ -52,7 +52,9 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
         raise ValueError(f"unknown top-level config keys {unknown}; known: {sorted(_TOP_KEYS)}")
     model = ModelSpec.from_config(cfg["model"])
     hardware = HardwareSpec.from_config(cfg["hardware"])
-    tp = int(cfg["parallel"]["tp"])
+    tp = cfg["parallel"]["tp"]
+    if not isinstance(tp, int) or isinstance(tp, bool):
+        raise ValueError(f"parallel.tp={tp!r} must be an integer (the tensor-parallel degree)")
     model.check_tp(tp)
     sched = dict(cfg["scheduler"])
     name = sched.pop("name", None)
@@ -60,8 +62,10 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)} (scheduler=<name>)")
     sched_config = SchedulerConfig.from_config(sched)
     engine = dict(cfg["engine"])
-    if engine.get("num_blocks"):
-        num_blocks = int(engine["num_blocks"])
+    if engine.get("num_blocks") is not None:
+        num_blocks = engine["num_blocks"]
+        if not isinstance(num_blocks, int) or isinstance(num_blocks, bool):
+            raise ValueError(f"engine.num_blocks={num_blocks!r} must be an integer or null")
         capacity_line = f"KV cache: {num_blocks} blocks of {sched_config.block_size} tokens (engine.num_blocks)"
     else:
         peak_tokens = sum(SCHEDULERS[name].profile_prompt_lengths(sched_config))

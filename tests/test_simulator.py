@@ -58,7 +58,8 @@ def test_run_tables_are_consistent(tmp_path):
 def test_bad_config_is_one_line_and_nonzero_exit(tmp_path):
     cases = [["scheduler.name=fifo"], ["workload.arrival.qps=-1"], ["engine.gpu_memory_utilization=0.3"],
              ["workload=sharegpt_8k", "workload.lengths.path=/no/such.csv"],
-             ["scheduler.max_model_len=512", "workload.max_tokens=4096"]]
+             ["scheduler.max_model_len=512", "workload.max_tokens=4096"], ["scheduler.chunk_size=1.7"],
+             ["scheduler.max_num_seqs=true"], ["parallel.tp=1.5"], ["engine.num_blocks=0"]]
     for overrides in cases:
         out = subprocess.run([sys.executable, "-m", "simulator", *overrides, f"hydra.run.dir={tmp_path}"],
                              capture_output=True, text=True, cwd=REPO_ROOT)

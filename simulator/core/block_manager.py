@@ -16,12 +16,12 @@ class BlockManager:
     def __init__(self, num_blocks: int, block_size: int = 16, watermark: float = 0.01):
         if num_blocks < 1:
             raise KVCacheTooSmallError(
-                f"KV cache has num_blocks={num_blocks}; it cannot hold a single token. Free memory: "
-                "raise gpu_memory_utilization, use a larger GPU or more tensor parallelism")
+                f"the KV cache has {num_blocks} blocks: it cannot hold a single token; set "
+                "engine.num_blocks >= 1, or leave it null to size the cache from the GPU's memory")
         if block_size < 1:
-            raise ValueError(f"block_size={block_size} must be >= 1")
+            raise ValueError(f"scheduler.block_size={block_size} must be >= 1")
         if not 0.0 <= watermark < 1.0:
-            raise ValueError(f"watermark={watermark} must be in [0, 1)")
+            raise ValueError(f"scheduler.watermark={watermark} must be in [0, 1)")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.watermark_blocks = int(watermark * num_blocks)
@@ -39,9 +39,9 @@ class BlockManager:
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def can_admit(self, num_tokens: int) -> bool:
-        """Room for `num_tokens` of prompt while keeping the watermark free for running decodes."""
-        return len(self._free) - self.blocks_for(num_tokens) >= self.watermark_blocks
+    def can_allocate(self, num_blocks: int) -> bool:
+        """Room for `num_blocks` at admission while keeping the watermark free for running decodes."""
+        return len(self._free) - num_blocks >= self.watermark_blocks
 
     def allocate(self, num_blocks: int) -> list[int]:
         free = self._free

@@ -41,7 +41,7 @@ def activation_bytes(model: ModelSpec, tp: int, max_batch_tokens: int) -> int:
 def kv_capacity(model: ModelSpec, tp: int, memory_bytes: int, gpu_memory_utilization: float,
                 max_batch_tokens: int, block_size: int = 16) -> KVCapacity:
     if not 0.0 < gpu_memory_utilization <= 1.0:
-        raise ValueError(f"gpu_memory_utilization={gpu_memory_utilization} must be in (0, 1]")
+        raise ValueError(f"engine.gpu_memory_utilization={gpu_memory_utilization} must be in (0, 1]")
     model.check_tp(tp)
     block_bytes = block_size * model.kv_bytes_per_token_per_rank(tp)
     weights = model.weight_bytes_per_rank(tp)

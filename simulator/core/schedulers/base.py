@@ -72,7 +72,6 @@ class Scheduler:
                 "cache more memory")
         self.waiting: deque[Request] = deque()  # arrived, not running; preempted ones at the front
         self.running: list[Request] = []       # admitted, oldest arrival first (FCFS)
-        self.num_unfinished = 0
 
     @classmethod
     def profile_prompt_lengths(cls, config: SchedulerConfig) -> list[int]:
@@ -119,7 +118,6 @@ class Scheduler:
         """Called when `req` arrives (never before: the queue holds only arrived requests)."""
         self.check_request(req)
         self.waiting.append(req)
-        self.num_unfinished += 1
 
     # ---- the policy ----------------------------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
@@ -128,19 +126,16 @@ class Scheduler:
 
     # ---- shared mechanisms ---------------------------------------------------------------------
     def _admission_blocks(self, req: Request) -> int:
-        if self.reserves_max_len:
-            return self.blocks.blocks_for(self.config.max_model_len)
-        return self.blocks.blocks_for(req.prefill_len)
+        return self.blocks.blocks_for(self.config.max_model_len if self.reserves_max_len else req.prefill_len)
 
     def _try_admit(self, req: Request) -> bool:
         """Reserve KV for `req` and move it to running, if memory and the batch-size cap allow."""
         if len(self.running) >= self.config.max_num_seqs:
             return False
-        blocks = self.blocks
         needed = self._admission_blocks(req)
-        if blocks.num_free - needed < blocks.watermark_blocks:
+        if not self.blocks.can_allocate(needed):
             return False
-        req.start_prefill(blocks.allocate(needed))
+        req.start_prefill(self.blocks.allocate(needed))
         bisect.insort_right(self.running, req, key=_arrival)  # = append + stable FCFS sort
         return True
 
@@ -204,5 +199,4 @@ class Scheduler:
                 self.blocks.free(req.blocks)
                 req.blocks = []
             self.running = [r for r in self.running if r.state != _FINISHED]
-            self.num_unfinished -= len(finished)
         return emitted, finished
