@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simulator.cli import run_or_exit, to_dict
 from simulator.core.paths import REPO_ROOT
-from simulator.run import run_simulation
+from simulator.run import prepare, run_simulation
 
 from .parallel import run_all
 from .report import RunRef, write_fig1_report
@@ -88,6 +88,8 @@ def main(cfg: DictConfig) -> None:
             raise ValueError(f"mode={config['mode']!r} is unknown; use mode=sim or mode=real")
         plans = plan_runs(config)
         configs = [c for _, c in plans]
+        for run_cfg in configs:
+            prepare(run_cfg)  # every config error surfaces here, before Ray or a GPU starts
         if config["mode"] == "sim":
             summaries = run_all(simulate_one, configs, config["ray"], desc="fig1 simulations")
         else:

@@ -15,12 +15,15 @@ from .run import run_simulation
 @hydra.main(config_path="../conf", config_name="simulator", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     config = to_dict(cfg)
-    summary = run_or_exit(lambda: run_simulation(config, config["output_dir"]))
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    run = lambda: run_simulation(config, config["output_dir"])  # noqa: E731
+    # In a multirun, hydra keeps a job's exception and re-raises it when the jobs are back, so
+    # one bad job is reported once by the driver rather than killing a worker process.
+    summary = run() if multirun else run_or_exit(run)
     brief = {k: summary[k] for k in ("scheduler", "hardware", "cost_model", "workload", "num_requests",
                                      "num_batches", "ttft_s", "tbt_s", "e2e_s", "makespan_s",
                                      "throughput", "preemptions", "longest_generation_stall_s")}
     brief["conservation_ok"] = summary["conservation"]["ok"]
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     print(json.dumps(brief, indent=None if multirun else 2))
 
 

@@ -8,7 +8,6 @@ Hydra only accepts launchers from the `hydra_plugins` package, hence this folder
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +18,6 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
-REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def _run_one(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
@@ -43,8 +41,7 @@ class RayTasksLauncher(Launcher):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import ray
-        from tqdm import tqdm
+        from experiments.parallel import ray_map  # Ray starts only when a multirun launches
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -59,28 +56,6 @@ class RayTasksLauncher(Launcher):
                 sweep_config.hydra.job.num = idx
             configs.append(sweep_config)
 
-        started_here = not ray.is_initialized()
-        if started_here:
-            options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False,
-                                       "runtime_env": {"env_vars": {"PYTHONPATH": REPO_ROOT}}}
-            if self.address:
-                options["address"] = self.address
-            else:
-                options["num_cpus"] = self.num_cpus or os.cpu_count()
-            ray.init(**options)
-        try:
-            run_remote = ray.remote(_run_one)
-            singletons = Singleton.get_state()
-            pending = {run_remote.remote(self.hydra_context, self.task_function, c, singletons): i
-                       for i, c in enumerate(configs)}
-            results: list[JobReturn | None] = [None] * len(configs)
-            with tqdm(total=len(configs), desc="multirun", unit="job") as bar:
-                while pending:
-                    done, _ = ray.wait(list(pending), num_returns=1)
-                    for ref in done:
-                        results[pending.pop(ref)] = ray.get(ref)
-                        bar.update()
-            return results  # type: ignore[return-value]
-        finally:
-            if started_here:
-                ray.shutdown()
+        singletons = Singleton.get_state()
+        args = [(self.hydra_context, self.task_function, c, singletons) for c in configs]
+        return ray_map(_run_one, args, {"address": self.address, "num_cpus": self.num_cpus}, "multirun")
