@@ -41,7 +41,7 @@ def plan_runs(config: dict[str, Any]) -> list[tuple[RunRef, dict[str, Any]]]:
             run_dir = root / (f"{panel}_{name}" + (f"_qps{qps:g}" if qps is not None else ""))
             run_cfg = {k: copy.deepcopy(config[k]) for k in RUN_KEYS}
             run_cfg.update(scheduler=scheduler, workload=workload, output_dir=str(run_dir))
-            label = name if name != "sarathi" else f"sarathi (chunk {scheduler['chunk_size']})"
+            label = run_label(scheduler)
             plans.append((RunRef(run_dir, label, panel, qps, config["mode"]), run_cfg))
     return plans
 
@@ -54,6 +54,12 @@ def scheduler_config(name: str, overrides: dict[str, Any] | None, max_tokens: in
     merged = OmegaConf.merge(OmegaConf.load(path), overrides or {})
     merged.max_model_len = max_tokens
     return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
+
+
+def run_label(scheduler: dict[str, Any]) -> str:
+    """The legend name of a run: the scheduler, with its chunk size where it chunks."""
+    name = scheduler["name"]
+    return f"{name} (chunk {scheduler['chunk_size']})" if name == "sarathi" else name
 
 
 def simulate_one(run_cfg: dict[str, Any]) -> dict[str, Any]:

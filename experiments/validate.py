@@ -46,7 +46,7 @@ from simulator.core.batch import BatchShape
 from simulator.core.paths import REPO_ROOT
 from simulator.run import prepare, run_simulation
 
-from .fig1 import RUN_KEYS, scheduler_config
+from .fig1 import RUN_KEYS, run_label, scheduler_config
 from .report import (TEMPLATE, RunRef, cdf_section, decode_completion_section, fig_html, html_table,
                      page_header, runs_section, write_page)
 
@@ -143,7 +143,7 @@ def plan_pairs(config: Mapping[str, Any]) -> list[Pair]:
         base.update(scheduler=scheduler, workload=copy.deepcopy(workload))
         real_cfg = {**copy.deepcopy(base), "output_dir": str(root / f"real_{name}")}
         sim_cfg = {**copy.deepcopy(base), "model": copy.deepcopy(model), "output_dir": str(root / f"sim_{name}")}
-        label = name if name != "sarathi" else f"sarathi (chunk {scheduler['chunk_size']})"
+        label = run_label(scheduler)
         pairs.append(Pair(name, label, real_cfg, sim_cfg))
     return pairs
 
