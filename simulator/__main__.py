@@ -16,7 +16,7 @@ from .run import run_simulation
 def main(cfg: DictConfig) -> None:
     config = to_dict(cfg)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    run = lambda: run_simulation(config, config["output_dir"])  # noqa: E731
+    run = lambda: run_simulation(config, config["output_dir"], progress=not multirun)  # noqa: E731
     # In a multirun, hydra keeps a job's exception and re-raises it when the jobs are back, so
     # one bad job is reported once by the driver rather than killing a worker process.
     summary = run() if multirun else run_or_exit(run)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from tqdm import tqdm
+
 from profiler.cost_model import CostModel, build_cost_model, resolve_cost_model_name, shipped_profile_dir
 from profiler.hardware import HardwareSpec
 
@@ -23,6 +25,7 @@ from .core.workload import Workload, workload_from_config
 from .engine import simulate
 from .outputs import write_run
 
+PROGRESS_MIN_REQUESTS = 20_000  # shorter runs finish in a few seconds
 _TOP_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "engine", "cost_model",
              "shared_data_dir", "output_dir"}
 
@@ -93,14 +96,19 @@ def make_requests(workload: Workload) -> list[Request]:
             for i, (a, p, d) in enumerate(zip(workload.arrival, workload.prefill, workload.decode))]
 
 
-def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print) -> dict[str, Any]:
-    """Run one simulation and write its directory; returns the summary."""
+def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progress: bool = False) -> dict[str, Any]:
+    """Run one simulation and write its directory; returns the summary. `progress` shows a bar of
+    finished requests (on a terminal, for runs long enough to want one)."""
     setup = prepare(cfg)
     log(setup.capacity_line)
     scheduler = make_scheduler(setup.scheduler_name, setup.scheduler_config, setup.num_blocks)
     requests = make_requests(setup.workload)
     wall = time.perf_counter()
-    recorder = simulate(requests, scheduler, setup.cost_model.batch_time)
+    show = progress and len(requests) >= PROGRESS_MIN_REQUESTS
+    # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean
+    with tqdm(total=len(requests), desc="requests finished", unit="req", mininterval=0.5,
+              disable=None if show else True) as bar:
+        recorder = simulate(requests, scheduler, setup.cost_model.batch_time, on_progress=bar.update)
     tables = recorder.finalize()
     breakdown = setup.cost_model.breakdown(tables.batches)
     tables.batches.update({f"cost_{op}_s": seconds for op, seconds in breakdown.items()})
