@@ -38,11 +38,11 @@ def main() -> None:
         cost_model = build_cost_model(model, hardware, tp=2)
         ops = cost_model.breakdown(columns)
         print(f"\n{cost_model.label}")
-        print(f"{'ms':>16}" + "".join(f"{name:>28}" for name in BATCHES))
-        print(f"{'batch_time':>16}" + "".join(f"{cost_model.batch_time(b) * 1e3:>28.2f}"
+        print(f"{'ms':>18}" + "".join(f"{name:>28}" for name in BATCHES))
+        print(f"{'batch_time':>18}" + "".join(f"{cost_model.batch_time(b) * 1e3:>28.2f}"
                                                for b in BATCHES.values()))
         for op, seconds in ops.items():
-            print(f"{op:>16}" + "".join(f"{s * 1e3:>28.3f}" for s in seconds))
+            print(f"{op:>18}" + "".join(f"{s * 1e3:>28.3f}" for s in seconds))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.core.paths import DEFAULT_SHARED_DATA_DIR
+
 from .hardware import AllReduceSpec, AlphaBeta, HardwareSpec
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data from the repo
 _CSV_ELEMENT_BYTES = 2  # the table's `size` counts fp16 elements
 
 
@@ -72,7 +73,7 @@ class AllReduceModel:
     @classmethod
     def for_workers(cls, spec: AllReduceSpec, num_workers: int, data_dir: Path | None = None,
                     ) -> "AllReduceModel":
-        data_dir = DEFAULT_DATA_DIR if data_dir is None else Path(data_dir)
+        data_dir = DEFAULT_SHARED_DATA_DIR if data_dir is None else Path(data_dir)
         if spec.csv is not None and (data_dir / spec.csv).is_file():
             curve = load_curve(data_dir / spec.csv, num_workers)
             if curve is not None:
@@ -98,6 +99,11 @@ class AllReduceModel:
         inside = np.interp(logb, self._log_bytes, self._log_seconds)
         above = self._log_seconds[-1] + (logb - self._log_bytes[-1])
         return np.exp(np.where(logb > self._log_bytes[-1], above, inside))
+
+    def all_gather_seconds(self, gathered_nbytes: np.ndarray) -> np.ndarray:
+        """Seconds for an all-gather that leaves `gathered_nbytes` on each rank: it moves as much
+        data as an all-reduce of half that many bytes (ring algorithms), so it is charged that."""
+        return self.seconds(np.asarray(gathered_nbytes, dtype=float) / 2)
 
 
 def _refit(hardware_yaml: Path, data_dir: Path) -> str:
@@ -125,7 +131,7 @@ def _refit(hardware_yaml: Path, data_dir: Path) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=_refit.__doc__)
     parser.add_argument("hardware_yaml", type=Path, nargs="+")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_SHARED_DATA_DIR)
     args = parser.parse_args()
     for path in args.hardware_yaml:
         print(f"# {path}\n{_refit(path, args.data_dir)}")

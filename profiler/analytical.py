@@ -8,8 +8,13 @@ shows when a kernel is shorter than a launch. Shard sizes follow Megatron shardi
 Per layer: fused add+RMSNorm (x2), QKV projection, RoPE, KV-cache write, prefill and decode
 attention, output projection, gate-up projection, SiLU-and-multiply, down projection, and two
 all-reduces of tokens x hidden activations. Per iteration: embedding (vocab-parallel, so it needs
-one more all-reduce), final norm, LM head and sampling for the tokens that sample (one per decode
-and one per prefill chunk), and a fixed CPU overhead (hardware config `cpu_overhead_ms`).
+one more all-reduce) and a fixed CPU overhead (hardware config `cpu_overhead_ms`). Per sampled
+token (one per decode and one per prefill chunk), as `backend/model.py` runs them on the sampled
+rows only: the final norm (row gather, RMSNorm), the vocab-parallel LM head and its fp32 cast,
+the all-gather of the logits across TP ranks (priced as `profiler/fitted.py` and
+`backend.collectives.Emulated` charge it), and greedy sampling (`backend/runner.py`: one argmax
+over the gathered fp32 logits). The per-rank shapes and attention units are `profiler/fit.py`'s,
+shared with the fitted model.
 
 Speed: everything that depends only on the token count is tabulated at construction, so
 `batch_time` is two list lookups plus the two attention terms in plain Python floats.
@@ -27,13 +32,8 @@ from simulator.core.model_spec import ModelSpec
 
 from .all_reduce import AllReduceModel
 from .cost_model import CostModel
+from .fit import LOGIT_BYTES, AttentionUnits, gathered_logits_bytes, gemm_flops_bytes, linear_shapes, stream_widths
 from .hardware import HardwareSpec
-
-# Sampling works on fp32 logits over the full vocabulary (gathered to the driver rank): a cast,
-# softmax, log-softmax, a top-p/top-k sort and the draw make roughly 8 passes of 4 bytes per
-# logit, in about 10 kernels. A rough assumption: sampling is a small share of any iteration.
-SAMPLING_BYTES_PER_LOGIT = 32
-SAMPLING_KERNELS = 10
 
 
 class AnalyticalCostModel(CostModel):
@@ -52,30 +52,22 @@ class AnalyticalCostModel(CostModel):
         self._cpu_overhead = hardware.cpu_overhead_ms * 1e-3
         self._all_reduce = None if tp == 1 else AllReduceModel.for_workers(hardware.all_reduce, tp, data_dir)
 
-        h, d, b = model.hidden_size, model.head_dim, model.dtype_bytes
-        heads, kv_heads = model.heads_per_rank(tp), model.kv_heads_per_rank(tp)
-        inter = model.intermediate_size // tp
-        # (input width, output width) of each linear layer's shard on this rank.
-        self._linears = {
-            "qkv_proj": (h, (heads + 2 * kv_heads) * d),
-            "o_proj": (heads * d, h),
-            "gate_up_proj": (h, 2 * inter),
-            "down_proj": (inter, h),
-        }
-        # Attention, per layer, in seconds per unit: per (query, key) pair of compute (QK^T and PV,
-        # 2 FLOPs per multiply-add each), per KV token read (K and V of this rank's KV heads), per
-        # query token (read the query, write the output).
-        self._s_per_pair = 4 * d * heads / (hardware.peak_flops * eff.attention)
-        self._s_per_kv_token = 2 * kv_heads * d * b / self._bandwidth
-        self._s_per_query = 2 * heads * d * b / self._bandwidth
+        self._linears = linear_shapes(model, tp)  # (input width, output width) of each shard
+        self._widths = stream_widths(model, tp)   # elements per token of each bandwidth-bound op
+        # Attention, per layer, in seconds per unit: per (query, key) pair of compute, per KV token
+        # read, per query token (read the query, write the output).
+        units = AttentionUnits.of(model, tp)
+        self._s_per_pair = units.flops_per_pair / (hardware.peak_flops * eff.attention)
+        self._s_per_kv_token = units.bytes_per_kv_token / self._bandwidth
+        self._s_per_query = units.bytes_per_query / self._bandwidth
 
         all_reduce = self._all_reduce.source if self._all_reduce else "no all-reduce"
         self.label = (f"analytical roofline model, {hardware.name}, TP={tp} (datasheet peaks × "
                       f"efficiency: matmul {eff.matmul:g}, attention {eff.attention:g}, memory "
                       f"{eff.memory:g}), {all_reduce}, CPU overhead {hardware.cpu_overhead_ms:g} ms/iteration")
 
-        self._token_time: list[float] = []   # by token count: all but attention, LM head, sampling
-        self._sample_time: list[float] = []  # by sampled-token count: LM head and sampling
+        self._token_time: list[float] = []   # by token count: all but attention and the sampled-token ops
+        self._sample_time: list[float] = []  # by sampled-token count: final norm, LM head, gather, sampling
         self._grow(max_tokens)
 
     # ---- the interface -----------------------------------------------------------------------
@@ -112,46 +104,53 @@ class AnalyticalCostModel(CostModel):
 
     def _token_ops(self, n: np.ndarray) -> dict[str, np.ndarray]:
         """Seconds per operation, whole iteration, for `n` tokens (prefill + decode)."""
-        m, layers = self.model, self.model.num_layers
+        m, layers, w = self.model, self.model.num_layers, self._widths
         h, b = m.hidden_size, m.dtype_bytes
-        heads, kv_heads = m.heads_per_rank(self.tp), m.kv_heads_per_rank(self.tp)
         act = n * b  # bytes of one activation element, over all the batch's tokens
         ops = {
             "cpu_overhead": np.full_like(n, self._cpu_overhead),
-            "embedding": self._kernel(0, 2 * act * h),  # gather rows, write activations
+            "embedding": self._kernel(0, 2 * act * w["embedding"]),  # gather rows, write activations
             # fused residual-add + RMSNorm reads x and the residual and writes both; two per layer
-            "rmsnorm": 2 * layers * self._kernel(0, 4 * act * h + h * b),
+            "rmsnorm": 2 * layers * self._kernel(0, 4 * act * w["rmsnorm"] + h * b),
         }
         ops["qkv_proj"] = self._linear("qkv_proj", n)
-        ops["rope"] = layers * self._kernel(0, 2 * act * (heads + kv_heads) * m.head_dim)  # q, k in place
-        ops["kv_cache_write"] = layers * self._kernel(0, 2 * act * 2 * kv_heads * m.head_dim)
+        ops["rope"] = layers * self._kernel(0, 2 * act * w["rope"])  # q and k, in place
+        ops["kv_cache_write"] = layers * self._kernel(0, 2 * act * w["kv_cache_write"])
         ops["o_proj"] = self._linear("o_proj", n)
         ops["gate_up_proj"] = self._linear("gate_up_proj", n)
-        inter = m.intermediate_size // self.tp
-        ops["silu_mul"] = layers * self._kernel(0, 3 * act * inter)  # read gate and up, write one
+        ops["silu_mul"] = layers * self._kernel(0, 3 * act * w["silu_mul"])  # read gate and up, write one
         ops["down_proj"] = self._linear("down_proj", n)
         # two per layer (after attention, after the MLP) and one for the vocab-parallel embedding
         ops["all_reduce"] = (np.zeros_like(n) if self._all_reduce is None
                              else (2 * layers + 1) * self._all_reduce.seconds(act * h))
-        ops["final_norm"] = self._kernel(0, 4 * act * h + h * b)
         return {k: np.where(n > 0, v, 0.0) for k, v in ops.items()}
 
-    def _linear(self, name: str, n: np.ndarray) -> np.ndarray:
-        """A per-layer linear layer: weights read once per iteration, activations in and out."""
+    def _gemm(self, name: str, n: np.ndarray) -> np.ndarray:
+        """One call of a linear layer's shard over `n` tokens."""
         k_in, k_out = self._linears[name]
-        params = k_in * k_out
-        nbytes = self.model.dtype_bytes * (params + n * (k_in + k_out))
-        return self.model.num_layers * self._kernel(2 * n * params, nbytes)
+        return self._kernel(*gemm_flops_bytes(n, k_in, k_out, self.model.dtype_bytes))
+
+    def _linear(self, name: str, n: np.ndarray) -> np.ndarray:
+        """A per-layer linear layer, in every layer."""
+        return self.model.num_layers * self._gemm(name, n)
 
     def _sample_ops(self, s: np.ndarray) -> dict[str, np.ndarray]:
-        """Seconds for the LM head and sampling of `s` sampled tokens."""
-        m = self.model
-        vocab_shard = m.vocab_size // self.tp
-        params = vocab_shard * m.hidden_size
-        lm_head = self._kernel(2 * s * params, m.dtype_bytes * (params + s * (m.hidden_size + vocab_shard)))
-        sampling = np.maximum(s * m.vocab_size * SAMPLING_BYTES_PER_LOGIT / self._bandwidth,
-                              SAMPLING_KERNELS * self._floor)
-        return {"lm_head": np.where(s > 0, lm_head, 0.0), "sampling": np.where(s > 0, sampling, 0.0)}
+        """Seconds of the ops that run on the `s` sampled rows only (`LlamaShard.forward`, then
+        the runner's argmax)."""
+        m, b = self.model, self.model.dtype_bytes
+        rows = s * m.hidden_size * b
+        vocab_shard = self._linears["lm_head"][1]
+        logits = gathered_logits_bytes(m, s)
+        ops = {
+            # x[sample_idx] (read, write the rows), then RMSNorm (read, write, and its weight)
+            "final_norm": self._kernel(0, 2 * rows) + self._kernel(0, 2 * rows + m.hidden_size * b),
+            # the vocab-parallel GEMM, then .float() (read the bf16 logits, write fp32 ones)
+            "lm_head": self._gemm("lm_head", s) + self._kernel(0, s * vocab_shard * (b + LOGIT_BYTES)),
+            "logits_all_gather": (np.zeros_like(s) if self._all_reduce is None
+                                  else self._all_reduce.all_gather_seconds(logits)),
+            "sampling": self._kernel(0, logits),  # greedy: one argmax reads the gathered logits
+        }
+        return {k: np.where(s > 0, v, 0.0) for k, v in ops.items()}
 
     def _attention(self, queries: Any, kv_tokens: Any, pairs: Any, maximum: Callable) -> Any:
         """Prefill or decode attention (a decode query attends to each of its KV tokens once, so

@@ -2,12 +2,15 @@
 
 The simulator's executor calls `batch_time` once per iteration, so it must be cheap (a few
 microseconds); reports call `breakdown` once on a whole batches table to show where time goes.
-Implementations are built by name through `build_cost_model`, so a config can pick one.
+Implementations are built by name through `build_cost_model`, so a config can pick one;
+`cost_model_for` is what the commands call: it resolves `cost_model: auto`, finds the profile a
+measured model reads, and builds it.
 """
 from __future__ import annotations
 
 import abc
 import importlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from simulator.core.model_spec import ModelSpec
+from simulator.core.paths import REPO_ROOT
 
 from .hardware import HardwareSpec
 
@@ -42,21 +46,45 @@ _FACTORIES: dict[str, str] = {
     "fitted": "profiler.fitted:FittedCostModel",
     "transfer": "profiler.transfer:TransferCostModel",
 }
-REPO_ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ("fitted", "transfer")  # the models that read a measured profile (`profile_dir=`)
 HARDWARE_CONF = REPO_ROOT / "conf" / "hardware"
-
-
-def register_cost_model(name: str, target: str) -> None:
-    """Make `build_cost_model(..., name=name)` call `target` ("package.module:callable")."""
-    _FACTORIES[name] = target
 
 
 def build_cost_model(model: ModelSpec, hardware: HardwareSpec, tp: int, name: str = "analytical",
                      **options: Any) -> CostModel:
     if name not in _FACTORIES:
-        raise ValueError(f"cost_model.name={name!r} is unknown; use one of {sorted(_FACTORIES)}")
+        raise ValueError(f"cost_model={name!r} is unknown; use one of {sorted(_FACTORIES)} or auto")
     module, attr = _FACTORIES[name].split(":")
     return getattr(importlib.import_module(module), attr)(model, hardware, tp, **options)
+
+
+def cost_model_for(model: ModelSpec, hardware_cfg: Mapping[str, Any], tp: int, requested: str = "auto", *,
+                   profile_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                   data_dir: Path | None = None, conf_dir: Path = HARDWARE_CONF, **options: Any) -> CostModel:
+    """The cost model a config asks for (`cost_model:`, "auto" or a name), built.
+
+    Without `profile_dir`, "auto" resolves as `resolve_cost_model_name` says and a measured model
+    reads the profile the hardware configs ship (`shipped_profile_dir`); with it (a directory
+    written by `python -m profiler`), "auto" means "fitted" if it was measured for this hardware,
+    else "transfer". `cache_dir` (fitted laws) goes to the measured models only; `data_dir` (the
+    all-reduce tables) and `options` to any. Every defect is one ValueError or FileNotFoundError line.
+    """
+    hardware = HardwareSpec.from_config(hardware_cfg)
+    if profile_dir is None:
+        name = resolve_cost_model_name(hardware_cfg, requested, conf_dir)
+        profile_dir = shipped_profile_dir(hardware_cfg, conf_dir) if name in MEASURED else None
+    else:
+        profile_dir = Path(profile_dir)
+        name = requested
+        if requested == "auto":
+            name = "fitted" if _measured_for(profile_dir) == hardware.name else "transfer"
+    if name in MEASURED:
+        if profile_dir is None:
+            raise ValueError(f"cost_model={name} needs a measured profile, and no conf/hardware config "
+                             "ships one yet (profile: null); use cost_model=analytical or run the "
+                             "profiler on a GPU (docs/profiler.md)")
+        options.update(profile_dir=profile_dir, cache_dir=cache_dir)
+    return build_cost_model(model, hardware, tp, name=name, data_dir=data_dir, **options)
 
 
 # ---- which model `cost_model: auto` means ------------------------------------------------------
@@ -77,6 +105,17 @@ def shipped_profile_dir(hardware_cfg: Mapping[str, Any], conf_dir: Path = HARDWA
     shipped for another hardware (first config by file name); None if no config ships one. Pass
     it as `build_cost_model(..., profile_dir=...)`."""
     return _own_profile(hardware_cfg) or _transfer_source(hardware_cfg, conf_dir)
+
+
+def _measured_for(profile_dir: Path) -> str:
+    """The name of the hardware a profile was measured for (its metadata.json)."""
+    from .fit import PROFILE_METADATA  # light, but only a given profile needs it
+
+    path = profile_dir / PROFILE_METADATA
+    if not path.is_file():
+        raise FileNotFoundError(f"profile {profile_dir} has no {PROFILE_METADATA}; give a directory "
+                                "written by `python -m profiler`")
+    return json.loads(path.read_text())["hardware"]["name"]
 
 
 def _own_profile(hardware_cfg: Mapping[str, Any]) -> Path | None:

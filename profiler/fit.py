@@ -37,10 +37,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from simulator.core.model_spec import ModelSpec
+from simulator.core.paths import REPO_ROOT
 
 from .all_reduce import _isotonic
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILE_TABLE = "profile.csv"
 PROFILE_METADATA = "metadata.json"
 
@@ -74,9 +74,10 @@ _STREAM_TRAFFIC: dict[str, tuple[int, int | None]] = {
     "final_norm": (4, None),      # gather the sampled rows (read, write), RMSNorm (read, write)
     "sampling": (1, 4),           # greedy argmax over the fp32 logits of the whole vocabulary
 }
-_LOGIT_BYTES = 4  # the LM head's output is cast to fp32 before the gather and the argmax
+LOGIT_BYTES = 4  # the LM head's output is cast to fp32 before the gather and the argmax
 
 
+# ---- one rank's shapes: shared with the analytical model (profiler/analytical.py) -------------------
 def linear_shapes(model: ModelSpec, tp: int) -> dict[str, tuple[int, int]]:
     """(input width, output width) of each linear layer's shard on one rank (Megatron sharding)."""
     h, d = model.hidden_size, model.head_dim
@@ -85,6 +86,17 @@ def linear_shapes(model: ModelSpec, tp: int) -> dict[str, tuple[int, int]]:
     return {"qkv_proj": (h, (heads + 2 * kv_heads) * d), "o_proj": (heads * d, h),
             "gate_up_proj": (h, 2 * inter), "down_proj": (inter, h),
             "lm_head": (h, model.vocab_size // tp)}
+
+
+def gemm_flops_bytes(n: Any, k_in: Any, k_out: Any, dtype_bytes: int) -> tuple[Any, Any]:
+    """FLOPs and bytes of `F.linear` over `n` tokens: weights read once, activations in and out."""
+    return 2 * n * k_in * k_out, dtype_bytes * (k_in * k_out + n * (k_in + k_out))
+
+
+def gathered_logits_bytes(model: ModelSpec, sampled: Any) -> Any:
+    """Bytes of fp32 logits each rank holds after the LM head's all-gather across the TP ranks
+    (`backend/model.py`): the whole vocabulary for each of the `sampled` tokens."""
+    return sampled * model.vocab_size * LOGIT_BYTES
 
 
 def stream_widths(model: ModelSpec, tp: int) -> dict[str, int]:
@@ -125,10 +137,9 @@ def features(op: str, cols: Mapping[str, Any], model: ModelSpec, tp: int) -> Fea
     b = model.dtype_bytes
     if op in GEMM_OPS:
         k_in, k_out = c["k_in"], c["k_out"]
-        flops = 2 * n * k_in * k_out
-        nbytes = b * (k_in * k_out + n * (k_in + k_out))
+        flops, nbytes = gemm_flops_bytes(n, k_in, k_out, b)
         if op == "lm_head":  # the .float() cast reads the bf16 logits and writes fp32 ones
-            nbytes = nbytes + n * k_out * (b + _LOGIT_BYTES)
+            nbytes = nbytes + n * k_out * (b + LOGIT_BYTES)
         return Features(np.zeros_like(n), {"main": (flops, nbytes)})
     if op in STREAM_OPS:
         passes, element = _STREAM_TRAFFIC[op]

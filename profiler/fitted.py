@@ -27,7 +27,8 @@ from simulator.core.model_spec import ModelSpec
 
 from .all_reduce import AllReduceModel
 from .cost_model import CostModel
-from .fit import ATTENTION, AttentionUnits, Law, law_group, linear_shapes, load_fit, stream_widths
+from .fit import (ATTENTION, AttentionUnits, Law, gathered_logits_bytes, law_group, linear_shapes, load_fit,
+                  stream_widths)
 from .hardware import HardwareSpec
 
 # How often each op runs per decoder layer (the residual add is timed with its RMSNorm).
@@ -35,7 +36,6 @@ LAYER_OPS = {"rmsnorm": 2, "qkv_proj": 1, "rope": 1, "kv_cache_write": 1, "o_pro
              "gate_up_proj": 1, "silu_mul": 1, "down_proj": 1}
 ITERATION_OPS = ("embedding", "rope_cos_sin")      # once per iteration, over all tokens
 SAMPLE_OPS = ("final_norm", "lm_head", "sampling")  # once per iteration, over the sampled tokens
-_LOGIT_BYTES = 4
 
 
 class FittedCostModel(CostModel):
@@ -173,10 +173,8 @@ class FittedCostModel(CostModel):
         self._token_ops = {k: np.where(n > 0, v, 0.0) for k, v in ops.items()}
 
         sample = {op: self._op(op, n) for op in SAMPLE_OPS}
-        if self._all_reduce is not None:
-            # Gathering B bytes of fp32 logits per rank costs an all-reduce of tp * B / 2 bytes
-            # (ring algorithms), as backend/collectives.py charges it.
-            sample["logits_all_gather"] = self._all_reduce.seconds(n * m.vocab_size * _LOGIT_BYTES / 2)
+        if self._all_reduce is not None:  # as the analytical model and backend/collectives.py charge it
+            sample["logits_all_gather"] = self._all_reduce.all_gather_seconds(gathered_logits_bytes(m, n))
         self._sample_ops = {k: np.where(n > 0, v, 0.0) for k, v in sample.items()}
         self._token_time = sum(self._token_ops.values()).tolist()
         self._sample_time = sum(self._sample_ops.values()).tolist()

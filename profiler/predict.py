@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +21,15 @@ from simulator.cli import run_or_exit, to_dict
 from simulator.core.batch import BatchShape
 from simulator.core.model_spec import ModelSpec
 
-from .cost_model import CostModel, build_cost_model, resolve_cost_model_name, shipped_profile_dir
-from .fit import PROFILE_METADATA
-from .hardware import HardwareSpec
+from .cost_model import CostModel, cost_model_for
 
 
 def choose_cost_model(config: dict[str, Any]) -> CostModel:
-    model = ModelSpec.from_config(config["model"])
-    hardware = HardwareSpec.from_config(config["hardware"])
-    tp = int(config["parallel"]["tp"])
-    settings = config["profiler"]
+    """`cost_model_for` this config: auto, from `profiler.profile` if set, else the shipped profile."""
+    model, tp, settings = ModelSpec.from_config(config["model"]), int(config["parallel"]["tp"]), config["profiler"]
     data_dir = Path(config["shared_data_dir"]) if config.get("shared_data_dir") else None
-    if settings["profile"] is not None:
-        profile_dir = Path(settings["profile"])
-        if not (profile_dir / PROFILE_METADATA).is_file():
-            raise FileNotFoundError(f"profiler.profile={settings['profile']!r} has no {PROFILE_METADATA}; "
-                                    "give a directory written by `python -m profiler`")
-        measured_for = json.loads((profile_dir / PROFILE_METADATA).read_text())["hardware"]["name"]
-        name = "fitted" if measured_for == hardware.name else "transfer"
-    else:
-        name = resolve_cost_model_name(config["hardware"], "auto")
-        profile_dir = shipped_profile_dir(config["hardware"])
-    options = {} if name == "analytical" else {"profile_dir": profile_dir, "cache_dir": settings["cache_dir"]}
-    return build_cost_model(model, hardware, tp, name=name, data_dir=data_dir, **options)
+    return cost_model_for(model, config["hardware"], tp, profile_dir=settings["profile"],
+                          cache_dir=settings["cache_dir"], data_dir=data_dir)
 
 
 def prediction_csv(config: dict[str, Any]) -> str:

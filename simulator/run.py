@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from tqdm import tqdm
 
-from profiler.cost_model import CostModel, build_cost_model, resolve_cost_model_name, shipped_profile_dir
+from profiler.cost_model import CostModel, cost_model_for
 from profiler.hardware import HardwareSpec
 
 from .core.kv_capacity import kv_capacity
@@ -78,16 +78,7 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
         capacity_line = capacity.describe(sched_config.block_size)
     data_dir = shared_data_dir(cfg)
     workload = workload_from_config(cfg["workload"], data_dir)
-    cost_name = resolve_cost_model_name(cfg["hardware"], cfg.get("cost_model", "auto"))
-    options: dict[str, Any] = {"data_dir": data_dir}
-    if cost_name in ("fitted", "transfer"):
-        profile = shipped_profile_dir(cfg["hardware"])
-        if profile is None:
-            raise ValueError(f"cost_model={cost_name} needs a measured profile, and no conf/hardware "
-                             "config ships one yet (profile: null); use cost_model=analytical or run "
-                             "the profiler on a GPU (docs/profiler.md)")
-        options["profile_dir"] = profile
-    cost_model = build_cost_model(model, hardware, tp, name=cost_name, **options)
+    cost_model = cost_model_for(model, cfg["hardware"], tp, cfg.get("cost_model", "auto"), data_dir=data_dir)
     return Setup(model, hardware, tp, name, sched_config, num_blocks, capacity_line, workload, cost_model)
 
 

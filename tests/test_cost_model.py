@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from profiler.all_reduce import DEFAULT_DATA_DIR, AllReduceModel, _isotonic
+from profiler.all_reduce import AllReduceModel, _isotonic
 from profiler.analytical import AnalyticalCostModel
 from profiler.cost_model import build_cost_model
 from profiler.hardware import HardwareSpec
 from simulator.core.batch import Batch, BatchShape
 from simulator.core.model_spec import ModelSpec
+from simulator.core.paths import DEFAULT_SHARED_DATA_DIR
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 HARDWARE = ("a100_80gb_pcie_nvlink", "h100_80gb_hbm3")
@@ -80,7 +81,7 @@ def test_batch_and_shape_agree(yi, a100):
 
 
 def test_unknown_cost_model_name(yi, a100):
-    with pytest.raises(ValueError, match="cost_model.name='profiled'.*analytical"):
+    with pytest.raises(ValueError, match="cost_model=.profiled. is unknown.*analytical"):
         build_cost_model(yi, a100, 2, name="profiled")
 
 
@@ -134,6 +135,23 @@ def test_decode_is_weight_bandwidth_bound(yi, hw):
     assert linears == pytest.approx(weights, rel=0.02)
 
 
+def test_sampled_rows_ops_price_what_the_backend_runs(yi, a100):
+    """Final norm, LM head, logits all-gather and sampling run on the sampled rows only (one per
+    decode and per prompt chunk); sampling is one argmax over the gathered fp32 logits, and the
+    all-gather costs an all-reduce of half the gathered bytes (backend/collectives.py)."""
+    cost_model = build_cost_model(yi, a100, 2)
+    ops = cost_model.breakdown(columns([prefill(16), prefill(16384), decode(1, 2048), decode(1024, 16)]))
+    for op in ("final_norm", "lm_head", "logits_all_gather", "sampling"):
+        assert ops[op][0] == ops[op][1] == ops[op][2] < ops[op][3], op
+    logits = 1024 * yi.vocab_size * 4
+    bandwidth = a100.mem_bandwidth * a100.efficiency.memory
+    assert ops["sampling"][3] == pytest.approx(logits / bandwidth)
+    table = AllReduceModel.for_workers(a100.all_reduce, 2)
+    assert ops["logits_all_gather"][3] == pytest.approx(float(table.seconds(logits / 2)))
+    single = build_cost_model(yi, a100, 1).breakdown(columns([decode(1024, 16)]))
+    assert single["logits_all_gather"][0] == 0.0  # tp=1: the logits are all on the one rank
+
+
 def test_sanity_ranges_a100(yi, a100):
     cost_model = build_cost_model(yi, a100, 2)
     assert 0.020 < cost_model.batch_time(decode(32, 2048)) < 0.060
@@ -141,7 +159,7 @@ def test_sanity_ranges_a100(yi, a100):
 
 
 # ---- all-reduce --------------------------------------------------------------------------------
-needs_csv = pytest.mark.skipif(not (DEFAULT_DATA_DIR / "a100_pairwise_nvlink_all_reduce.csv").is_file(),
+needs_csv = pytest.mark.skipif(not (DEFAULT_SHARED_DATA_DIR / "a100_pairwise_nvlink_all_reduce.csv").is_file(),
                                reason="../shared/data all-reduce tables absent")
 
 
@@ -220,7 +238,7 @@ def test_bad_hardware_config_is_a_one_line_error(key, value, expected):
 
 def test_hardware_configs_load(a100):
     h100 = HardwareSpec.from_config(hardware_config("h100_80gb_hbm3"))
-    assert a100.memory_bytes == h100.memory_bytes == 80 * 2**30
+    assert 79 * 2**30 < a100.memory_bytes < h100.memory_bytes < 80 * 2**30  # CUDA totals of "80 GB" cards
     assert (a100.peak_bf16_tflops, h100.peak_bf16_tflops) == (312, 989)
     assert isinstance(build_cost_model(ModelSpec("tiny", 2, 64, 4, 2, 16, 128, 100), a100, 2),
                       AnalyticalCostModel)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from profiler.cost_model import build_cost_model, resolve_cost_model_name, shipped_profile_dir
+from profiler.cost_model import build_cost_model, cost_model_for, resolve_cost_model_name, shipped_profile_dir
 from profiler.fit import (ALL_REDUCE, ATTENTION, COLUMNS, DECODER_LAYER, SHAPE_COLUMNS, Law, Roofline,
                           features, law_group, load_fit)
 from profiler.hardware import HardwareSpec
@@ -337,6 +337,14 @@ def test_other_shapes_follow_physics(tiled, cache, yi, h100):
         assert 0.5 < ratio < 2.0, (shape, ratio)
 
 
+def test_fitted_and_analytical_charge_the_same_logits_all_gather(synthetic, cache, yi, h100):
+    shapes = columns([BatchShape(0, 1, 0, 1, 0, 0), BatchShape(0, 512, 0, 512 * 64, 0, 0)])
+    fitted = build_cost_model(yi, h100, 2, name="fitted", profile_dir=synthetic, cache_dir=cache).breakdown(shapes)
+    analytical = build_cost_model(yi, h100, 2).breakdown(shapes)
+    np.testing.assert_allclose(fitted["logits_all_gather"], analytical["logits_all_gather"], rtol=1e-12)
+    assert np.all(fitted["logits_all_gather"] > 0)
+
+
 def test_measured_all_reduce_is_used(tmp_path, cache, yi, h100):
     directory = write_synthetic(tmp_path / "ar", load_yaml("model", "yi_34b.yaml"), 2,
                                 load_yaml("hardware", "h100_80gb_hbm3.yaml"), all_reduce=True)
@@ -388,6 +396,31 @@ def test_accuracy_prints_held_out_errors(synthetic, cache, tmp_path):
     assert "held-out" in result.stdout and "gate_up_proj" in result.stdout and "<= 3% met" in result.stdout
     assert "650 TFLOP/s" in result.stdout
     assert (tmp_path / "accuracy.html").stat().st_size > 1_000_000  # plotly.js inlined: self-contained
+
+
+def test_cost_model_for(tmp_path, synthetic, cache, yi):
+    conf = tmp_path / "hardware"
+    conf.mkdir()
+    h100_cfg, a100_cfg = load_yaml("hardware", "h100_80gb_hbm3.yaml"), load_yaml("hardware", "a100_80gb_pcie_nvlink.yaml")
+    for name, cfg in (("h100", h100_cfg), ("a100", a100_cfg)):
+        OmegaConf.save({**cfg, "profile": None}, conf / f"{name}.yaml")
+    assert cost_model_for(yi, a100_cfg, 2, conf_dir=conf).name == "analytical"
+    with pytest.raises(ValueError) as err:
+        cost_model_for(yi, a100_cfg, 2, "fitted", conf_dir=conf)
+    assert str(err.value) == ("cost_model=fitted needs a measured profile, and no conf/hardware config ships "
+                              "one yet (profile: null); use cost_model=analytical or run the profiler on a "
+                              "GPU (docs/profiler.md)")
+    with pytest.raises(ValueError, match="cost_model='profiled' is unknown"):
+        cost_model_for(yi, a100_cfg, 2, "profiled", conf_dir=conf)
+    # A given profile: fitted on the hardware it was measured for, transfer elsewhere.
+    assert cost_model_for(yi, h100_cfg, 2, profile_dir=synthetic, cache_dir=cache).name == "fitted"
+    assert cost_model_for(yi, a100_cfg, 2, profile_dir=synthetic, cache_dir=cache).name == "transfer"
+    with pytest.raises(FileNotFoundError, match="has no metadata.json"):
+        cost_model_for(yi, a100_cfg, 2, profile_dir=tmp_path)
+    # A shipped profile: auto finds it through the hardware configs.
+    OmegaConf.save({**h100_cfg, "profile": str(synthetic)}, conf / "h100.yaml")
+    shipped = cost_model_for(yi, a100_cfg, 2, conf_dir=conf, cache_dir=cache)
+    assert shipped.name == "transfer" and str(synthetic) in shipped.label
 
 
 def test_auto_resolution(tmp_path, synthetic):
