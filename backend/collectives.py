@@ -64,10 +64,10 @@ class Emulated:
     def __init__(self, tp: int, device: torch.device, mode: str,
                  seconds: Callable[[float], float] | None = None, source: str = ""):
         if mode not in EMULATION_MODES:
-            raise ValueError(f"parallel.emulation={mode!r} must be one of {EMULATION_MODES}")
+            raise ValueError(f"real.emulation={mode!r} must be one of {EMULATION_MODES}")
         if mode == "modelled" and seconds is None:
-            raise ValueError("parallel.emulation=modelled needs an all-reduce time model "
-                             "(hardware.all_reduce); use emulation=omit without one")
+            raise ValueError("real.emulation=modelled needs an all-reduce time model "
+                             "(hardware.all_reduce); use real.emulation=omit without one")
         self.tp = tp
         self._seconds = seconds if mode == "modelled" else None
         what = "all-reduce omitted" if mode == "omit" else f"all-reduce modelled ({source})"

@@ -21,11 +21,10 @@ from simulator.core.workload import workload_from_config
 from simulator.outputs import write_run
 from simulator.run import make_requests, shared_data_dir
 
+from .collectives import EMULATION_MODES
 from .engine import serve
 from .runner import RunnerConfig
 from .tp import build_executor
-
-EMULATIONS = (None, "omit", "modelled")
 
 
 def runner_config(run_cfg: Mapping[str, Any], real: Mapping[str, Any]) -> RunnerConfig:
@@ -33,8 +32,8 @@ def runner_config(run_cfg: Mapping[str, Any], real: Mapping[str, Any]) -> Runner
     tp = int(run_cfg["parallel"]["tp"])
     gpus = torch.cuda.device_count()
     emulation = real.get("emulation")
-    if emulation not in EMULATIONS:
-        raise ValueError(f"real.emulation={emulation!r}: use omit, modelled or null")
+    if emulation is not None and emulation not in EMULATION_MODES:
+        raise ValueError(f"real.emulation={emulation!r}: use one of {EMULATION_MODES} or null")
     if tp > 1 and max(gpus, 1) < tp and emulation is None:
         raise ValueError(f"parallel.tp={tp} needs {tp} GPUs but {gpus} are visible; set "
                          "real.emulation=modelled (or omit) to run one rank's shard on one GPU")

@@ -1,17 +1,20 @@
 """One rank's model runner: a batch description in, sampled tokens and timings out.
 
 A `Step` is the plain-data form of a scheduler `Batch` (picklable, sent to every TP rank): per
-sequence `(start, num_tokens, block table)` and the token id it feeds. Prompt tokens are all 1
-(as in the reference); a decode feeds the token sampled for that request in its previous
-iteration. Every sequence samples at its last position (greedy); the token sampled after a
-prompt chunk that does not finish the prompt is simply not used.
+sequence `(start, num_tokens, block table)`, and the token id fed at every position. Prompt
+tokens are all 1 (as in the reference); position `prompt_len + i` holds the request's output
+token `i`. A decode thus feeds the request's latest output token, and the recompute prefill of a
+preempted request (prompt + the k tokens it had generated, simulator/core/request.py) feeds its
+k outputs after the prompt. Every sequence samples at its last position (greedy); the token
+sampled after a prompt chunk that does not finish the prefill is simply not used.
 
 Timing: on a GPU, CUDA events bracket the forward pass and the sampling (`gpu` seconds); on the
 CPU, `time.perf_counter` does. Building the input tensors and the attention metadata is timed
 separately (`prep` seconds, CPU). Inputs are not padded: the GEMMs take any token count.
 
 KV capacity (reference-semantics §6): after the weights are loaded, one forward of the largest
-batch the scheduler can issue measures the activation peak; the cache then gets
+batch the scheduler can issue (`Scheduler.profile_prompt_lengths`, the same batch the simulator's
+KV-capacity estimate assumes) measures the activation peak; the cache then gets
 total memory × gpu_memory_utilization − (memory in use + activation peak), bounded by what is
 actually free. On the CPU the block count is configured.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +31,7 @@ import torch
 from simulator.core.batch import Batch
 from simulator.core.block_manager import KVCacheTooSmallError
 from simulator.core.model_spec import ModelSpec
-from simulator.core.schedulers import SchedulerConfig
+from simulator.core.request import Request
 
 from .attention import AttentionMetadata
 from .kv_cache import PagedKVCache
@@ -57,7 +61,7 @@ class RunnerConfig:
         device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         on_gpu = device.startswith("cuda")
         if not on_gpu and self.num_blocks is None:
-            raise ValueError("backend.num_blocks must be set when running on the CPU "
+            raise ValueError("real.num_blocks must be set when running on the CPU "
                              "(there is no GPU memory to size the KV cache from)")
         model = self.model
         if self.num_layers is not None:
@@ -71,16 +75,32 @@ class RunnerConfig:
 @dataclass
 class Step:
     seqs: list[tuple[int, int, list[int]]]  # (start, num_tokens, block table) per sequence
-    fill: list[int]                         # the token id fed at every position of sequence i
+    token_ids: np.ndarray                   # int64, the token fed at each position, sequence by sequence
+
+    def __post_init__(self):
+        self.token_ids = np.asarray(self.token_ids, dtype=np.int64)
+        num_tokens = sum(n for _, n, _ in self.seqs)
+        if self.token_ids.shape != (num_tokens,):
+            raise ValueError(f"a step of {len(self.seqs)} sequences and {num_tokens} tokens got "
+                             f"token ids of shape {self.token_ids.shape}")
 
     @classmethod
-    def from_batch(cls, batch: Batch, last_token: dict[int, int]) -> "Step":
-        """Decodes first (request order of `batch.decodes`), then prompt chunks."""
+    def from_batch(cls, batch: Batch, outputs: Mapping[int, Sequence[int]]) -> "Step":
+        """Decodes first (request order of `batch.decodes`), then prompt chunks. `outputs` holds
+        every request's output tokens so far (an empty list before its first)."""
         seqs = [(req.context_len - 1, 1, req.blocks) for req in batch.decodes]
-        fill = [last_token.get(req.id, PROMPT_TOKEN) for req in batch.decodes]
         seqs += [(start, chunk, req.blocks) for req, start, chunk in batch.prefills]
-        fill += [PROMPT_TOKEN] * len(batch.prefills)
-        return cls(seqs, fill)
+        ids = np.full(batch.num_tokens, PROMPT_TOKEN, dtype=np.int64)
+        for i, req in enumerate(batch.decodes):
+            ids[i] = _history(outputs, req)[-1]  # at context_len - 1 = prompt_len + generated - 1
+        offset = len(batch.decodes)
+        for req, start, chunk in batch.prefills:
+            first = max(start, req.prompt_len)  # the first position past the prompt, if any
+            if first < start + chunk:           # a recompute prefill: feed the outputs again
+                ids[offset + first - start: offset + chunk] = \
+                    _history(outputs, req)[first - req.prompt_len: start + chunk - req.prompt_len]
+            offset += chunk
+        return cls(seqs, ids)
 
     @classmethod
     def dummy(cls, lengths: list[int], block_size: int) -> "Step":
@@ -90,17 +110,16 @@ class Step:
             count = -(-n // block_size)
             seqs.append((0, n, list(range(block, block + count))))
             block += count
-        return cls(seqs, [PROMPT_TOKEN] * len(lengths))
+        return cls(seqs, np.full(sum(lengths), PROMPT_TOKEN, dtype=np.int64))
 
 
-def profile_lengths(scheduler: str, cfg: SchedulerConfig) -> list[int]:
-    """The largest forward pass a scheduler can issue, as prompt lengths (reference §6): one
-    chunk for Sarathi; max_num_seqs prompts sharing the token cap for the others."""
-    if scheduler == "sarathi":
-        return [min(cfg.chunk_size, cfg.max_model_len)]
-    tokens = cfg.max_tokens_in_batch or cfg.max_model_len
-    n = min(cfg.max_num_seqs, tokens)
-    return [tokens // n + (i < tokens % n) for i in range(n)]
+def _history(outputs: Mapping[int, Sequence[int]], req: Request) -> Sequence[int]:
+    """`req`'s output tokens, which must be all it has generated."""
+    history = outputs[req.id]
+    if len(history) != req.generated:
+        raise RuntimeError(f"request {req.id} has generated {req.generated} tokens but the engine "
+                           f"holds {len(history)} of them")
+    return history
 
 
 class ModelRunner:
@@ -158,7 +177,7 @@ class ModelRunner:
         starts = np.fromiter((s for s, _, _ in step.seqs), dtype=np.int64, count=len(step.seqs))
         ends = np.cumsum(counts)
         positions = np.arange(ends[-1]) + np.repeat(starts - (ends - counts), counts)
-        token_ids = self._tensor(np.repeat(np.asarray(step.fill, dtype=np.int64), counts))
+        token_ids = self._tensor(step.token_ids)
         positions, sample_idx = self._tensor(positions), self._tensor(ends - 1)
         meta = AttentionMetadata.build(step.seqs, self.cfg.block_size, self.device)
         prep = time.perf_counter() - t0

@@ -19,10 +19,10 @@ import socket
 import torch
 import torch.distributed as dist
 
-from simulator.core.schedulers import SchedulerConfig
+from simulator.core.schedulers import SCHEDULERS, SchedulerConfig
 
 from .collectives import Distributed, Emulated, SingleGPU
-from .runner import ModelRunner, RunnerConfig, Step, check_kv_blocks, profile_lengths
+from .runner import ModelRunner, RunnerConfig, Step, check_kv_blocks
 
 
 def build_executor(cfg: RunnerConfig, scheduler: str, sched_cfg: SchedulerConfig, all_reduce=None):
@@ -35,14 +35,16 @@ def build_executor(cfg: RunnerConfig, scheduler: str, sched_cfg: SchedulerConfig
     if sched_cfg.block_size != cfg.block_size:
         raise ValueError(f"scheduler.block_size={sched_cfg.block_size} differs from the backend's "
                          f"block_size={cfg.block_size}; they must match")
-    lengths = profile_lengths(scheduler, sched_cfg)
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)}")
+    lengths = SCHEDULERS[scheduler].profile_prompt_lengths(sched_cfg)
     if cfg.tp == 1 or cfg.emulation is not None:
         executor = LocalExecutor(cfg, lengths, all_reduce)
     else:
         gpus = torch.cuda.device_count()
         if cfg.device.startswith("cuda") and gpus < cfg.tp:
             raise ValueError(f"parallel.tp={cfg.tp} needs {cfg.tp} GPUs but {gpus} are visible; set "
-                             "backend.emulation=omit or modelled to run one shard on one GPU")
+                             "real.emulation=omit or modelled to run one shard on one GPU")
         executor = RayTPExecutor(cfg, lengths)
     try:
         check_kv_blocks(executor.num_blocks, cfg.block_size, sched_cfg.max_model_len)

@@ -80,7 +80,8 @@ def report_notes(config: dict[str, Any], summaries: list[dict[str, Any]]) -> lis
         "Schedulers: " + "; ".join(f"{n} {json.dumps(o)}" for n, o in fig["schedulers"].items()),
         f"Workload: {summaries[0]['workload']}.",
         "The arXiv-summarization lengths come from the public trace filtered at 4,096 tokens per "
-        "request (microsoft/vidur); the paper's Figure 1 used a 16,384-token version that is not public.",
+        "request (microsoft/vidur); the paper's Figure 1 used a 16,384-token version that is not public. "
+        "The published Figure 1b script replayed ShareGPT instead: workload=sharegpt_8k runs that.",
     ]
     return notes
 

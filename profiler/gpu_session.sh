@@ -3,10 +3,15 @@
 # laws -> print the held-out error table -> leave the profile in $OUT. docs/profiler.md has the
 # whole procedure; in short:
 #
-# 1. Here (no GPU), once: the GPU image has no hydra/omegaconf, so carry them as wheels:
+# 1. Here (no GPU), once: the GPU image has no hydra-core, omegaconf or antlr4, which
+#    `python -m profiler` imports, so carry them as wheels (nothing else on this path is missing:
+#    simpy, ray and plotly are not imported; `profiler.accuracy` imports plotly only for --html,
+#    which the device step does not ask for):
 #        bash profiler/gpu_session.sh prepare
-# 2. The device call (tool `run`), expected to take about 3 minutes of the 4 allowed (machine start
-#    not counted: ~15 s start-up, ~2 min measuring ~3,900 points incl. Triton compiles, ~5 s fit):
+# 2. The device call (tool `run`). A session has 15 minutes of device time in all (machine start,
+#    idle time and every call counted) and one command may run at most 10 minutes; this one is
+#    expected to take about 3 minutes (~15 s start-up, ~2 min measuring ~3,900 points incl. Triton
+#    compiles, ~5 s fit), which leaves time to rerun it once:
 #        run(kind="nvidia-h100-x1", carry=[".whl"], timeout_s=420,
 #            command="bash profiler/gpu_session.sh device <output of: git rev-parse HEAD>")
 #    Name the kind: the profile is the H100's, and a plain call may land on an H200 (the script

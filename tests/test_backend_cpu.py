@@ -25,6 +25,7 @@ from simulator.core.metrics import check_conservation  # noqa: E402
 from simulator.core.model_spec import ModelSpec  # noqa: E402
 from simulator.core.request import Request  # noqa: E402
 from simulator.core.schedulers import SchedulerConfig, make_scheduler  # noqa: E402
+from simulator.core.schedulers.base import SchedulerStuckError  # noqa: E402
 
 TINY = ModelSpec("tiny", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
                  intermediate_size=128, vocab_size=128, rope_theta=10000.0, max_position=512,
@@ -131,8 +132,8 @@ def test_tp2_gloo_matches_tp1():
 
 def test_ray_tp_executor_samples_like_tp1():
     cfg = RunnerConfig(TINY, tp=2, block_size=BLOCK, num_blocks=24, seed=7).resolved()
-    steps = [Step([(0, 13, [0, 1, 2, 3])], [5]),
-             Step([(12, 1, [0, 1, 2, 3]), (0, 9, [4, 5, 6])], [9, 1]),
+    steps = [Step([(0, 13, [0, 1, 2, 3])], [5] * 13),
+             Step([(12, 1, [0, 1, 2, 3]), (0, 9, [4, 5, 6])], [9] + [1] * 9),
              Step([(13, 1, [0, 1, 2, 3]), (9, 1, [4, 5, 6])], [3, 4])]
     local = LocalExecutor(dataclasses.replace(cfg, tp=1), [])
     ray_tp = RayTPExecutor(cfg, [])
@@ -165,6 +166,65 @@ def test_engine_runs_workload_end_to_end(scheduler):
     assert "KV cache: 96 blocks" in lines[0] and "warm-up" in lines[1]
 
 
+def _preempting_workload() -> list[Request]:
+    # All arrive at once, so the batches (and the preemptions) do not depend on the wall clock.
+    return [Request(i, arrival=0.0, prompt_len=8 + 3 * i, decode_len=24 + 2 * (i % 3)) for i in range(6)]
+
+
+@pytest.mark.parametrize("scheduler", ["vllm", "sarathi"])
+def test_preempted_requests_recompute_their_outputs(scheduler):
+    """A 20-block cache preempts; the outputs must be those of a run with room for everything.
+
+    Decoding is greedy, so a request's tokens depend only on the tokens it is fed, which a
+    preemption must not change: its recompute prefill feeds the prompt and then the tokens it had
+    generated. Tokens are compared exactly. The two runs batch differently, so their fp32 logits
+    may differ in the last bits (~1e-6); the tiny model's top-2 logit margins are orders of
+    magnitude wider (≥ 8e-4 over these runs, median 0.12), so argmax cannot flip. The run is
+    pinned to the CPU in fp32 (bf16 on a GPU would not be exact). Feeding the prompt token
+    instead of the outputs (the old bug) changes the outputs of every preempted request here.
+    """
+    sched_cfg = SchedulerConfig(max_model_len=64, chunk_size=16, block_size=BLOCK)
+    executor = build_executor(RunnerConfig(TINY, block_size=BLOCK, num_blocks=200, device="cpu"),
+                              scheduler, sched_cfg)
+    runs = {}
+    for num_blocks in (20, 200):
+        requests, outputs = _preempting_workload(), {}
+        recorder = serve(requests, make_scheduler(scheduler, sched_cfg, num_blocks), executor,
+                         progress=False, log=lambda _: None, outputs=outputs)
+        check_conservation(recorder.finalize().conservation)
+        assert [len(outputs[r.id]) for r in requests] == [r.decode_len for r in requests]
+        runs[num_blocks] = requests, outputs
+    (small, small_out), (large, large_out) = runs[20], runs[200]
+    preempted = [r.id for r in small if r.num_preemptions]
+    assert preempted and not any(r.num_preemptions for r in large)
+    for i in preempted:
+        assert len(set(small_out[i])) > 1, "a constant output could not tell fed tokens apart"
+    assert small_out == large_out
+
+
+def test_engine_refuses_a_stuck_scheduler_and_a_short_executor():
+    sched_cfg = SchedulerConfig(max_model_len=128, chunk_size=32, block_size=BLOCK)
+    executor = build_executor(RunnerConfig(TINY, block_size=BLOCK, num_blocks=96, device="cpu"),
+                              "sarathi", sched_cfg)
+    stuck = make_scheduler("sarathi", sched_cfg, executor.num_blocks)
+    stuck.schedule = lambda now: None
+    with pytest.raises(SchedulerStuckError, match="scheduled nothing .* 1 waiting"):
+        serve(_workload()[:1], stuck, executor, progress=False, log=lambda _: None)
+
+    class DropsOne:
+        num_blocks, kv_note, label = executor.num_blocks, "configured", "drops a token"
+
+        def execute(self, step):
+            tokens, gpu, prep = executor.execute(step)
+            return tokens[:-1], gpu, prep
+
+    with pytest.raises(RuntimeError, match=r"sampled \d+ tokens for a batch of \d+"):
+        serve(_workload(), make_scheduler("sarathi", sched_cfg, executor.num_blocks), DropsOne(),
+              progress=False, log=lambda _: None)
+    with pytest.raises(ValueError, match="token ids of shape"):
+        Step([(0, 3, [0])], [1, 1])
+
+
 def test_emulated_tp_is_labelled_and_modelled_delay_spins():
     sched_cfg = SchedulerConfig(max_model_len=128, chunk_size=32, block_size=BLOCK)
     cfg = RunnerConfig(TINY, tp=2, block_size=BLOCK, num_blocks=96, emulation="omit")
@@ -185,9 +245,9 @@ def test_emulated_tp_is_labelled_and_modelled_delay_spins():
 def test_impossible_configs_fail_in_one_line():
     with pytest.raises(KVCacheTooSmallError, match=r"num_blocks=10 .* max_model_len=256 \(64 blocks"):
         check_kv_blocks(10, 4, 256)
-    with pytest.raises(ValueError, match="backend.num_blocks must be set"):
+    with pytest.raises(ValueError, match="real.num_blocks must be set"):
         RunnerConfig(TINY, device="cpu").resolved()
-    with pytest.raises(ValueError, match="must be one of"):
+    with pytest.raises(ValueError, match="real.emulation='skip' must be one of"):
         Emulated(2, CPU, "skip")
     small = SchedulerConfig(max_model_len=256, chunk_size=32, block_size=BLOCK)
     with pytest.raises(KVCacheTooSmallError, match="num_blocks=8"):
