@@ -56,32 +56,31 @@ class Distributed:
 class Emulated:
     """One shard of a tp-way model on one device, with collectives omitted or modelled.
 
-    `seconds(nbytes)` (modelled mode) is the all-reduce time of a message of that size. An
-    all-gather that leaves B bytes on each rank moves as much data as an all-reduce of B/2 bytes
-    (ring algorithms), so it is charged that.
+    In modelled mode, `times` (a `profiler.all_reduce.AllReduceModel`) prices each collective
+    exactly as the cost models do: `seconds(nbytes)` for an all-reduce, `all_gather_seconds`
+    for the logits all-gather.
     """
 
-    def __init__(self, tp: int, device: torch.device, mode: str,
-                 seconds: Callable[[float], float] | None = None, source: str = ""):
+    def __init__(self, tp: int, device: torch.device, mode: str, times=None):
         if mode not in EMULATION_MODES:
             raise ValueError(f"real.emulation={mode!r} must be one of {EMULATION_MODES}")
-        if mode == "modelled" and seconds is None:
+        if mode == "modelled" and times is None:
             raise ValueError("real.emulation=modelled needs an all-reduce time model "
                              "(hardware.all_reduce); use real.emulation=omit without one")
         self.tp = tp
-        self._seconds = seconds if mode == "modelled" else None
-        what = "all-reduce omitted" if mode == "omit" else f"all-reduce modelled ({source})"
+        self._times = times if mode == "modelled" else None
+        what = "all-reduce omitted" if mode == "omit" else f"all-reduce modelled ({times.source})"
         self.label = f"tp={tp} emulated on 1 {_where(device)}: {what}"
         self._spin = _gpu_spinner(device) if device.type == "cuda" else _cpu_spin
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        if self._seconds is not None:
-            self._spin(self._seconds(x.numel() * x.element_size()))
+        if self._times is not None:
+            self._spin(float(self._times.seconds(x.numel() * x.element_size())))
         return x
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
-        if self._seconds is not None:
-            self._spin(self._seconds(self.tp * x.numel() * x.element_size() / 2))
+        if self._times is not None:
+            self._spin(float(self._times.all_gather_seconds(self.tp * x.numel() * x.element_size())))
         return x  # this shard's logits only: sampled tokens are those of the shard
 
 

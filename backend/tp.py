@@ -60,9 +60,7 @@ class LocalExecutor:
         if cfg.tp == 1:
             comm = SingleGPU(device)
         else:
-            seconds = None if all_reduce is None else (lambda nbytes: float(all_reduce.seconds(nbytes)))
-            comm = Emulated(cfg.tp, device, cfg.emulation, seconds,
-                            "" if all_reduce is None else all_reduce.source)
+            comm = Emulated(cfg.tp, device, cfg.emulation, all_reduce)
         self.label = comm.label
         self.runner = ModelRunner(cfg, 0, comm)
         if cfg.num_blocks:

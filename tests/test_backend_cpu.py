@@ -234,7 +234,11 @@ def test_emulated_tp_is_labelled_and_modelled_delay_spins():
                      progress=False, log=lambda _: None)
     check_conservation(recorder.finalize().conservation)
 
-    comm = Emulated(2, CPU, "modelled", seconds=lambda nbytes: 0.01, source="test constant")
+    class TenMilliseconds:  # an all-reduce time model that charges 10 ms for anything
+        source = "test constant"
+        seconds = all_gather_seconds = staticmethod(lambda nbytes: 0.01)
+
+    comm = Emulated(2, CPU, "modelled", TenMilliseconds())
     assert comm.label == "tp=2 emulated on 1 CPU: all-reduce modelled (test constant)"
     import time
     t0 = time.perf_counter()
