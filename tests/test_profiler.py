@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from profiler.measure import measure_all_reduce
 from profiler.ops import plan
 from simulator.core.batch import Batch, BatchShape
 from simulator.core.model_spec import ModelSpec
+from tests.test_cost_model import columns, random_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -121,22 +121,6 @@ def tiled(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fit_cache")
-
-
-def random_shapes(count: int, seed: int) -> list[BatchShape]:
-    rng = random.Random(seed)
-    shapes = [BatchShape(0, 0, 0, 0, 0, 0), BatchShape(40_000, 0, 1, 0, 40_000, 40_000 * 40_001 // 2)]
-    for _ in range(count):
-        decodes = rng.choice([0, rng.randint(1, 512)])
-        chunks = [(rng.randint(1, 4096), rng.randint(0, 8192)) for _ in range(rng.randint(0, 3))]
-        shapes.append(BatchShape(
-            sum(c for c, _ in chunks), decodes, len(chunks), decodes * rng.randint(1, 8192),
-            sum(s + c for c, s in chunks), sum(c * s + c * (c + 1) // 2 for c, s in chunks)))
-    return shapes
-
-
-def columns(shapes: list[BatchShape]) -> dict[str, np.ndarray]:
-    return {f: np.array([getattr(s, f) for s in shapes]) for f in BatchShape.FIELDS}
 
 
 # ---- measuring ----------------------------------------------------------------------------------
