@@ -1,63 +1,100 @@
-"""The discrete-event engine: requests arrive, one replica runs batches, time is simulated.
+"""The discrete-event engine: requests arrive, replicas run batches, time is simulated.
 
-Two simpy processes tell the story:
-- `arrivals` wakes at each arrival time and hands the request to the scheduler;
-- `replica` asks the scheduler for a batch, asks the cost model how long it takes, waits that
-  long, and tells the scheduler the batch ended. With nothing to run it sleeps until the next
-  arrival instead of spinning.
+One clock drives one or more replicas, each with its own scheduler and KV cache. Two kinds of
+events exist, kept in time order:
+- an arrival: the router picks a replica and its scheduler gets the request; an idle replica
+  starts its next batch at once (after every request arriving at that same instant is in);
+- a batch end: the replica's scheduler applies the batch, the recorder logs it, and the replica
+  starts its next batch, or goes idle until a request is routed to it.
+Busy replicas wait in a heap keyed by (batch end, replica index), so ties resolve the same way
+in every run. An arrival at the same instant as a batch end is handled first.
 """
 from __future__ import annotations
 
+import heapq
+import math
 from typing import Callable, Sequence
 
-import simpy
-
+from .core.batch import Batch
 from .core.metrics import MetricsRecorder
 from .core.request import Request
 from .core.schedulers import Scheduler, SchedulerStuckError
+from .router import Router
 
 
-def simulate(requests: Sequence[Request], scheduler: Scheduler, batch_time: Callable[[object], float],
+def simulate(requests: Sequence[Request], schedulers: Scheduler | Sequence[Scheduler],
+             batch_time: Callable[[Batch], float], router: Router | None = None,
              on_progress: Callable[[int], None] | None = None) -> MetricsRecorder:
-    """Run all `requests` (ids 0..n-1, sorted by arrival) to completion; returns the recorder."""
-    scheduler.check_requests(requests)  # reject impossible requests before anything runs
-    env = simpy.Environment()
+    """Run all `requests` (ids 0..n-1, sorted by arrival) to completion; returns the recorder.
+
+    With several schedulers (one per replica) a `router` assigns each arrival to a replica, and
+    every batch row carries its `replica` index.
+    """
+    replicas = [schedulers] if isinstance(schedulers, Scheduler) else list(schedulers)
+    if router is None:
+        if len(replicas) > 1:
+            raise ValueError("a cluster of replicas needs a router")
+        router = Router.make("round_robin", 1)
+    for scheduler in replicas:  # reject impossible requests before anything runs
+        scheduler.check_requests(requests)
     recorder = MetricsRecorder(requests)
-    blocks = scheduler.blocks
-    wakeup = [env.event()]
-    pending = [len(requests)]  # requests not yet arrived
+    record_replica = len(replicas) > 1
+    running: list[Batch | None] = [None] * len(replicas)  # the batch each replica is running
+    started = [0.0] * len(replicas)
+    busy: list[tuple[float, int]] = []                     # (batch end, replica)
+    n = len(requests)
+    next_arrival = 0
+    finished_total = 0
 
-    def arrivals():
-        for req in requests:
-            if req.arrival > env.now:
-                yield env.timeout(req.arrival - env.now)
-            scheduler.add_request(req)
-            pending[0] -= 1
-            if not wakeup[0].triggered:
-                wakeup[0].succeed()
+    def start_batch(r: int, now: float) -> None:
+        scheduler = replicas[r]
+        batch = scheduler.schedule(now)
+        if batch is None:
+            if scheduler.waiting or scheduler.running:
+                raise SchedulerStuckError(
+                    f"{scheduler.name} (replica {r}) scheduled nothing at t={now:.3f}s with "
+                    f"{len(scheduler.waiting)} waiting and {len(scheduler.running)} running")
+            running[r] = None
+            return
+        running[r] = batch
+        started[r] = now
+        heapq.heappush(busy, (now + batch_time(batch), r))
 
-    def replica():
-        finished_total = 0
-        while finished_total < len(requests):
-            batch = scheduler.schedule(env.now)
-            if batch is None:
-                if scheduler.waiting or scheduler.running or not pending[0]:
-                    raise SchedulerStuckError(
-                        f"{scheduler.name} scheduled nothing at t={env.now:.3f}s with "
-                        f"{len(scheduler.waiting)} waiting, {len(scheduler.running)} running and "
-                        f"{pending[0]} requests still to arrive")
-                wakeup[0] = env.event()
-                yield wakeup[0]
-                continue
-            start = env.now
-            yield env.timeout(batch_time(batch))
-            emitted, finished = scheduler.on_batch_end(batch, env.now)
-            recorder.on_batch(batch, start, env.now, emitted, finished, blocks.num_used)
+    while finished_total < n:
+        arrival = requests[next_arrival].arrival if next_arrival < n else math.inf
+        if busy and busy[0][0] < arrival:
+            now, r = heapq.heappop(busy)
+            batch = running[r]
+            scheduler = replicas[r]
+            emitted, finished = scheduler.on_batch_end(batch, now)
+            if record_replica:
+                recorder.on_batch(batch, started[r], now, emitted, finished, scheduler.blocks.num_used,
+                                  replica=r)
+            else:
+                recorder.on_batch(batch, started[r], now, emitted, finished, scheduler.blocks.num_used)
             if finished:
                 finished_total += len(finished)
+                router.on_finished(r, len(finished))
                 if on_progress is not None:
                     on_progress(len(finished))
-
-    env.process(arrivals())
-    env.run(until=env.process(replica()))
+            start_batch(r, now)
+            continue
+        if arrival == math.inf:
+            stuck = [f"replica {r}: {len(s.waiting)} waiting, {len(s.running)} running"
+                     for r, s in enumerate(replicas) if s.waiting or s.running]
+            raise SchedulerStuckError(f"every replica is idle with {n - finished_total} requests "
+                                      f"unfinished ({'; '.join(stuck) or 'none queued'})")
+        now = arrival
+        woken: list[int] = []
+        # Every request arriving at this instant is queued before any idle replica schedules,
+        # so a burst (all arrivals at t=0) is seen whole by the first batch.
+        while next_arrival < n and requests[next_arrival].arrival == now:
+            req = requests[next_arrival]
+            next_arrival += 1
+            r = router.route(req)
+            replicas[r].add_request(req)
+            if running[r] is None and r not in woken:
+                woken.append(r)
+        for r in sorted(woken):
+            start_batch(r, now)
     return recorder

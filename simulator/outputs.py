@@ -82,7 +82,26 @@ def summarize(tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
         },
         "preemptions": int(req["num_preemptions"].sum()),
         "conservation": tables.conservation,
+        **({"replicas": per_replica(tables)} if "replica" in req else {}),
     }
+
+
+def per_replica(tables: RunTables) -> list[dict[str, Any]]:
+    """A cluster's load and latency per replica (index = replica), next to the overall figures."""
+    req, tok, bat = tables.requests, tables.tokens, tables.batches
+    token_replica = req["replica"][tok["request_id"]]
+    out = []
+    for r in range(int(req["replica"].max()) + 1):
+        mine = req["replica"] == r
+        out.append({
+            "requests": int(mine.sum()),
+            "batches": int((bat["replica"] == r).sum()),
+            "output_tokens": int((token_replica == r).sum()),
+            "ttft_s": _stats(req["ttft"][mine]),
+            "tbt_s": _stats(tok["tbt"][token_replica == r]),
+            "preemptions": int(req["num_preemptions"][mine].sum()),
+        })
+    return out
 
 
 def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:

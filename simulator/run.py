@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 from tqdm import tqdm
 
 from profiler.cost_model import CostModel, cost_model_for
@@ -23,11 +24,13 @@ from .core.request import Request
 from .core.schedulers import SCHEDULERS, SchedulerConfig, make_scheduler
 from .core.workload import Workload, workload_from_config
 from .engine import simulate
+from .router import Router
 from .outputs import write_run
 
 PROGRESS_MIN_REQUESTS = 20_000  # shorter runs finish in a few seconds
 _TOP_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "engine", "cost_model",
-             "shared_data_dir", "output_dir"}
+             "cluster", "outputs", "shared_data_dir", "output_dir"}
+CLUSTER_DEFAULTS = {"num_replicas": 1, "router": "round_robin", "seed": 0}
 
 
 @dataclass
@@ -42,6 +45,10 @@ class Setup:
     capacity_line: str
     workload: Workload
     cost_model: CostModel
+    cluster: dict[str, Any]  # num_replicas, router, seed (conf/simulator.yaml `cluster:`)
+
+    def make_router(self) -> Router:
+        return Router.make(self.cluster["router"], self.cluster["num_replicas"], self.cluster["seed"])
 
 
 def shared_data_dir(cfg: Mapping[str, Any]) -> Path:
@@ -79,7 +86,15 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
     data_dir = shared_data_dir(cfg)
     workload = workload_from_config(cfg["workload"], data_dir)
     cost_model = cost_model_for(model, cfg["hardware"], tp, cfg.get("cost_model", "auto"), data_dir=data_dir)
-    return Setup(model, hardware, tp, name, sched_config, num_blocks, capacity_line, workload, cost_model)
+    cluster = {**CLUSTER_DEFAULTS, **(cfg.get("cluster") or {})}
+    if cluster["seed"] is None:
+        cluster["seed"] = CLUSTER_DEFAULTS["seed"]
+    unknown = sorted(set(cluster) - set(CLUSTER_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown cluster keys {unknown}; known: {sorted(CLUSTER_DEFAULTS)}")
+    Router.make(cluster["router"], cluster["num_replicas"], cluster["seed"])  # validates both keys
+    return Setup(model, hardware, tp, name, sched_config, num_blocks, capacity_line, workload, cost_model,
+                 cluster)
 
 
 def make_requests(workload: Workload) -> list[Request]:
@@ -92,15 +107,21 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
     finished requests (on a terminal, for runs long enough to want one)."""
     setup = prepare(cfg)
     log(setup.capacity_line)
-    scheduler = make_scheduler(setup.scheduler_name, setup.scheduler_config, setup.num_blocks)
+    num_replicas = setup.cluster["num_replicas"]
+    schedulers = [make_scheduler(setup.scheduler_name, setup.scheduler_config, setup.num_blocks)
+                  for _ in range(num_replicas)]
+    router = setup.make_router()
     requests = make_requests(setup.workload)
     wall = time.perf_counter()
     show = progress and len(requests) >= PROGRESS_MIN_REQUESTS
     # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean
     with tqdm(total=len(requests), desc="requests finished", unit="req", mininterval=0.5,
               disable=None if show else True) as bar:
-        recorder = simulate(requests, scheduler, setup.cost_model.batch_time, on_progress=bar.update)
+        recorder = simulate(requests, schedulers, setup.cost_model.batch_time, router, on_progress=bar.update)
     tables = recorder.finalize()
+    if num_replicas > 1:
+        tables.requests["replica"] = np.asarray(router.assigned, dtype=np.int64)
+        tables.batches["replica"] = tables.batches["replica"].astype(np.int64)
     breakdown = setup.cost_model.breakdown(tables.batches)
     tables.batches.update({f"cost_{op}_s": seconds for op, seconds in breakdown.items()})
     meta = {
@@ -114,6 +135,8 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
         "workload": setup.workload.description,
         "kv_cache_blocks": setup.num_blocks,
     }
+    if num_replicas > 1:
+        meta["cluster"] = {"num_replicas": num_replicas, "router": setup.cluster["router"]}
     summary = write_run(out_dir, tables, meta)
     log(f"simulated {len(requests)} requests, {summary['num_batches']} batches in "
         f"{time.perf_counter() - wall:.2f} s wall -> {out_dir}")
