@@ -37,7 +37,7 @@ def simulate(requests: Sequence[Request], schedulers: Scheduler | Sequence[Sched
         router = Router.make("round_robin", 1)
     for scheduler in replicas:  # reject impossible requests before anything runs
         scheduler.check_requests(requests)
-    recorder = MetricsRecorder(requests)
+    recorder = MetricsRecorder(requests, compat=replicas[0].config.compat)
     record_replica = len(replicas) > 1
     running: list[Batch | None] = [None] * len(replicas)  # the batch each replica is running
     started = [0.0] * len(replicas)
@@ -50,6 +50,11 @@ def simulate(requests: Sequence[Request], schedulers: Scheduler | Sequence[Sched
         scheduler = replicas[r]
         batch = scheduler.schedule(now)
         if batch is None:
+        if scheduler.ignored:  # compat reference: too long for max_model_len, dropped and counted
+            ignored = scheduler.take_ignored()
+            recorder.on_ignored(ignored, now)
+            finished_total += len(ignored)
+            router.on_finished(r, len(ignored))
             if scheduler.waiting or scheduler.running:
                 raise SchedulerStuckError(
                     f"{scheduler.name} (replica {r}) scheduled nothing at t={now:.3f}s with "

@@ -55,22 +55,26 @@ workloads = st.lists(
     st.tuples(st.floats(0, 50), st.integers(1, 300), st.integers(1, 60)), min_size=1, max_size=30)
 
 
+@pytest.mark.parametrize("compat", ["corrected", "reference"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(sorted(SCHEDULERS)), spec=workloads,
        block_size=st.sampled_from([4, 8, 16]), spare_blocks=st.integers(0, 24),
        max_num_seqs=st.integers(1, 12), chunk_size=st.integers(16, 400))
-def test_invariants(name, spec, block_size, spare_blocks, max_num_seqs, chunk_size):
+def test_invariants(compat, name, spec, block_size, spare_blocks, max_num_seqs, chunk_size):
     max_model_len = 400
     config = SchedulerConfig(max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                             block_size=block_size, chunk_size=chunk_size)
+                             block_size=block_size, chunk_size=chunk_size, compat=compat)
     # Big enough for the largest request (or max_model_len where it is reserved), often no bigger.
     cls = SCHEDULERS[name]
     need = -(-(max_model_len if cls.reserves_max_len else max(p + d for _, p, d in spec)) // block_size)
     num_blocks = need + 1 + spare_blocks
     scheduler = make_scheduler(name, config, num_blocks)
     requests = [Request(i, a, p, d) for i, (a, p, d) in enumerate(sorted(spec))]
+    before_preemption = {r.id: 0 for r in requests}  # tokens generated before the last preemption
 
     def check_batch(s, batch, decoding_before):
+        for r in batch.preempted:
+            before_preemption[r.id] = r.generated
         assert batch.size <= max_num_seqs
         ids = [r.id for r in batch.decodes] + [r.id for r, _, _ in batch.prefills]
         assert len(ids) == len(set(ids)), "a request appears twice in one batch"
@@ -89,7 +93,9 @@ def test_invariants(name, spec, block_size, spare_blocks, max_num_seqs, chunk_si
     tokens, finished = drive(scheduler, requests, check_batch)
     event(f"preemptions: {'some' if any(r.num_preemptions for r in requests) else 'none'}")
     assert sorted(r.id for r in finished) == [r.id for r in requests], "a request finished twice or never"
-    assert all(tokens[r.id] == r.decode_len == r.generated for r in requests)
+    # D tokens each by default; under compat reference a request preempted after k makes k + D.
+    extra = before_preemption if compat == "reference" else dict.fromkeys(before_preemption, 0)
+    assert all(tokens[r.id] == r.decode_len + extra[r.id] == r.generated for r in requests)
     assert scheduler.blocks.num_free == num_blocks, "KV blocks leaked"
     assert not scheduler.running and not scheduler.waiting
 

@@ -12,7 +12,13 @@ all tables are built at the end with numpy:
   and any per-batch extras the engine measured (e.g. GPU time in real mode).
 
 `finalize()` checks conservation: every request finished exactly once with exactly its
-`decode_len` tokens. A failure is reported in the summary and raised, never passed off.
+`decode_len` tokens (under `compat: reference`, plus the tokens it had generated before its last
+preemption; none for a request it ignored). A failure is reported in the summary and raised,
+never passed off.
+
+Under `compat: reference` the recorder also logs who took part in each batch and where prompts
+completed, from which `finalize` derives the artifact's own metrics (`artifact_metrics.py`), and
+TTFT is the artifact's `prefill_e2e_time`: arrival to the end of the prompt's last chunk.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .artifact_metrics import ArtifactMetrics, BatchEvents, artifact_metrics
 from .batch import Batch, BatchShape
 from .request import Request
 
@@ -38,10 +45,11 @@ class RunTables:
     tokens: dict[str, np.ndarray]
     batches: dict[str, np.ndarray]
     conservation: dict
+    artifact: ArtifactMetrics | None = None  # compat reference only
 
 
 class MetricsRecorder:
-    def __init__(self, requests: Sequence[Request]):
+    def __init__(self, requests: Sequence[Request], compat: str = "corrected"):
         self.requests = list(requests)
         if [r.id for r in self.requests] != list(range(len(self.requests))):
             raise ValueError("request ids must be 0..n-1 in list order")
@@ -53,6 +61,10 @@ class MetricsRecorder:
         self._tokens_per_batch: list[int] = []
         self._batch_rows: list[tuple] = []
         self._extras: dict[str, list[float]] = {}
+        self.reference = compat == "reference"
+        self.ignored = np.zeros(n, dtype=bool)
+        self.tokens_before_preemption = np.zeros(n, dtype=np.int64)  # at its last preemption
+        self.events = BatchEvents() if self.reference else None
 
     def on_batch(self, batch: Batch, start: float, end: float, emitted: list[Request],
                  finished: list[Request], kv_blocks_in_use: int, **extras: float) -> None:
@@ -69,6 +81,17 @@ class MetricsRecorder:
                                  batch.prefill_attn_pairs, kv_blocks_in_use, len(batch.preempted)))
         for key, value in extras.items():
             self._extras.setdefault(key, []).append(value)
+        if self.events is not None:
+            for req in batch.preempted:
+                self.tokens_before_preemption[req.id] = req.generated
+            self.events.on_batch(batch, len(self._batch_rows) - 1)
+
+    def on_ignored(self, requests: Sequence[Request], now: float) -> None:
+        """Requests a scheduler dropped at `now` (compat reference: longer than max_model_len)."""
+        for req in requests:
+            self.ignored[req.id] = True
+            self.finish[req.id] = now
+            self.finish_count[req.id] += 1
 
     # ---- tables ------------------------------------------------------------------------------------
     def finalize(self) -> RunTables:
@@ -76,7 +99,13 @@ class MetricsRecorder:
         tokens = self._token_table(batches["end"])
         requests = self._request_table(tokens)
         conservation = self._conservation(tokens)
-        return RunTables(requests, tokens, batches, conservation)
+        if self.events is None:
+            return RunTables(requests, tokens, batches, conservation)
+        requests["ignored"] = self.ignored.copy()
+        artifact = artifact_metrics(requests, batches, self.events, np.asarray(self._token_ids, dtype=np.int64))
+        requests["prompt_done"] = artifact.prompt_done
+        requests["ttft"] = artifact.prompt_done - requests["arrival"]
+        return RunTables(requests, tokens, batches, conservation, artifact)
 
     def _batch_table(self) -> dict[str, np.ndarray]:
         names = ("start", "end") + BatchShape.FIELDS + ("kv_blocks_in_use", "num_preempted")
@@ -132,7 +161,8 @@ class MetricsRecorder:
 
     def _conservation(self, tokens: dict[str, np.ndarray]) -> dict:
         n = len(self.requests)
-        expected = np.array([r.decode_len for r in self.requests], dtype=np.int64)
+        decode_len = np.array([r.decode_len for r in self.requests], dtype=np.int64)
+        expected = self.tokens_before_preemption + np.where(self.ignored, 0, decode_len)
         produced = np.bincount(tokens["request_id"], minlength=n)
         finished_once = int((self.finish_count == 1).sum())
         result = {

@@ -2,12 +2,12 @@
 
 A preempted request goes back to waiting and loses its KV cache; when it is admitted again it
 recomputes its prompt *and* the tokens it had already generated (recompute preemption, as vLLM v0
-and Sarathi-Serve do). Unlike the reference (reference-semantics §2.4) it still produces exactly
-`decode_len` output tokens in total: what it generated before the preemption counts.
+and Sarathi-Serve do). By default it still produces exactly `decode_len` output tokens in total:
+what it generated before the preemption counts. Under `compat: reference` (reference-semantics
+§2.4) a request preempted after k tokens produces k + `decode_len`: `finish_at` says which.
 
-Token accounting (also unlike the reference's OSDI branch, §2.2): the iteration that processes
-the last prompt chunk emits output token #1, so a request needs its prefill iterations plus
-`decode_len - 1` decode iterations.
+Whether the iteration that completes the prompt emits output token #1 (by default) or not (the
+reference's OSDI branch, §2.2) is the scheduler's call: `finish_chunk` only records progress.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ class State(IntEnum):
     PREFILLING = 1
     DECODING = 2
     FINISHED = 3
+    IGNORED = 4   # compat reference: prompt longer than max_model_len, dropped and counted
 
 
 class Request:
@@ -30,6 +31,7 @@ class Request:
         "prefilled",      # tokens of `prefill_len` whose KV has been computed in this life
         "blocks",         # KV block ids held now (the block table)
         "num_preemptions",
+        "finish_at",      # `generated` count at which the request is done
     )
 
     def __init__(self, id: int, arrival: float, prompt_len: int, decode_len: int):
@@ -46,6 +48,7 @@ class Request:
         self.prefilled = 0
         self.blocks: list[int] = []
         self.num_preemptions = 0
+        self.finish_at = decode_len
 
     @property
     def total_len(self) -> int:
@@ -68,26 +71,38 @@ class Request:
         self.blocks = blocks
 
     def finish_chunk(self, chunk: int) -> bool:
-        """Record a processed prompt chunk; True if it completed the prompt (and emitted a token)."""
+        """Record a processed prompt chunk; True if it completed the prompt."""
         assert self.state == State.PREFILLING and 0 < chunk <= self.remaining_prefill, (self, chunk)
         self.prefilled += chunk
         if self.prefilled < self.prefill_len:
             return False
         self.state = State.DECODING
-        self.generated += 1
         return True
 
-    def preempt(self) -> list[int]:
-        """Drop the KV cache and go back to waiting; returns the blocks to free."""
-        assert self.state in (State.PREFILLING, State.DECODING), self
+    def release(self) -> list[int]:
+        """Drop the KV cache (preemption); returns the blocks to free. The request keeps its
+        progress until `reset_for_recompute`."""
+        assert self.state in (State.PREFILLING, State.DECODING) and self.blocks, self
         blocks, self.blocks = self.blocks, []
+        return blocks
+
+    def reset_for_recompute(self, restart_output_count: bool) -> None:
+        """Back to waiting after `release`. `restart_output_count`: the reference's stop rule,
+        which counts only this life's tokens, so `decode_len` more are due (§2.4)."""
+        assert self.state in (State.PREFILLING, State.DECODING) and not self.blocks, self
         self.state = State.WAITING
         self.num_preemptions += 1
         # The recompute prefill feeds the prompt and every generated token (the last one's KV was
         # never written) and samples the next token from the last position.
         self.prefill_len = self.prompt_len + self.generated
         self.prefilled = 0
-        return blocks
+        if restart_output_count:
+            self.finish_at = self.generated + self.decode_len
+
+    @property
+    def is_released(self) -> bool:
+        """Preempted in the current `schedule` call and not reset yet (compat reference only)."""
+        return not self.blocks and self.state in (State.PREFILLING, State.DECODING)
 
     def __repr__(self) -> str:
         return (f"Request(id={self.id}, {self.state.name}, P={self.prompt_len}, D={self.decode_len}, "

@@ -1,9 +1,15 @@
 """What every scheduler shares: the waiting queue, the running list, admission checks, the decode
 pass with recompute preemption, and the bookkeeping when a batch ends.
 
-A scheduler reads no clock. The engine that drives it (the simpy replica or the GPU loop) calls
-`add_request` when a request arrives, `schedule(now)` for the next batch, and `on_batch_end(batch,
-now)` when that batch has run. Policies differ only in `schedule`.
+A scheduler reads no clock. The engine that drives it (the simulated replica or the GPU loop)
+calls `add_request` when a request arrives, `schedule(now)` for the next batch, and
+`on_batch_end(batch, now)` when that batch has run. Policies differ only in `_build_batch`.
+
+`compat: reference` runs the same code with the reference artifact's quirks switched on
+(reference-semantics.md; docs/serving-model.md lists each): no token from the iteration that
+completes a prompt, k + D tokens after a preemption at k, a free block required before every
+decode, preempted requests reset only when `schedule` returns, and over-long requests ignored
+instead of rejected.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from ..request import Request, State
 
 _FINISHED = State.FINISHED
 _PREFILLING = State.PREFILLING
+COMPAT_MODES = ("corrected", "reference")
 
 
 class RequestRejectedError(ValueError):
@@ -41,17 +48,26 @@ class SchedulerConfig:
     watermark: float = 0.01
     chunk_size: int = 1536                  # sarathi: token budget per iteration
     max_tokens_in_batch: int | None = None  # vllm: prompt tokens per batch (default max_model_len)
+    compat: str = "corrected"               # "reference": the artifact's decisions, quirks included
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SchedulerConfig":
         config = from_mapping(cls, cfg, "scheduler",
                               positive=("max_num_seqs", "max_model_len", "block_size", "chunk_size"))
+        check_compat(config.compat, "scheduler.compat")
         if config.max_tokens_in_batch is not None and config.max_tokens_in_batch < config.max_model_len:
             raise ValueError(
                 f"scheduler.max_tokens_in_batch={config.max_tokens_in_batch} is below "
                 f"max_model_len={config.max_model_len}: a full-length prompt could never be admitted; "
                 "raise it or leave it unset (defaults to max_model_len)")
         return config
+
+
+def check_compat(value: Any, key: str) -> str:
+    if value not in COMPAT_MODES:
+        raise ValueError(f"{key}={value!r} is unknown; use {key}=corrected (the default) or "
+                         f"{key}=reference (the published artifact's behaviour and metrics)")
+    return value
 
 
 class Scheduler:
@@ -72,6 +88,8 @@ class Scheduler:
                 "cache more memory")
         self.waiting: deque[Request] = deque()  # arrived, not running; preempted ones at the front
         self.running: list[Request] = []       # admitted, oldest arrival first (FCFS)
+        self.reference = config.compat == "reference"
+        self.ignored: list[Request] = []       # compat reference: dropped as too long, not yet taken
 
     @classmethod
     def profile_prompt_lengths(cls, config: SchedulerConfig) -> list[int]:
@@ -101,7 +119,9 @@ class Scheduler:
     def check_request(self, req: Request) -> None:
         """Raise RequestRejectedError if this request can never be served."""
         cfg = self.config
-        if req.total_len > cfg.max_model_len:
+        if self.reference and req.prompt_len > cfg.max_model_len:
+            return  # ignored when it reaches the head of the queue (reference §3)
+        if req.total_len > cfg.max_model_len and not self.reference:
             raise RequestRejectedError(
                 f"request {req.id} needs {req.total_len} tokens (prompt {req.prompt_len} + output "
                 f"{req.decode_len}) but max_model_len={cfg.max_model_len}; clip the workload "
@@ -122,9 +142,39 @@ class Scheduler:
     # ---- the policy ----------------------------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
         """The next batch, or None when there is nothing to run until another request arrives."""
+        batch = self._build_batch()
+        if self.reference:
+            # The reference resets its victims only after scheduling (§2.4), so later admission
+            # in the same call saw their stale progress.
+            for req in batch.preempted:
+                if req.is_released:
+                    req.reset_for_recompute(restart_output_count=True)
+        return batch if batch.size else None
+
+    def _build_batch(self) -> Batch:
         raise NotImplementedError
 
+    def take_ignored(self) -> list[Request]:
+        """The requests ignored since the last call (compat reference), for the engine to count."""
+        ignored, self.ignored = self.ignored, []
+        return ignored
+
     # ---- shared mechanisms ---------------------------------------------------------------------
+    def _waiting_head(self) -> Request | None:
+        """The request admission looks at next. Under compat reference a head longer than
+        max_model_len (its prompt, plus any tokens it generated before a preemption) is ignored
+        first: dropped and counted (§3)."""
+        waiting = self.waiting
+        if self.reference:
+            limit = self.config.max_model_len
+            while waiting and waiting[0].context_len > limit:
+                req = waiting.popleft()
+                if req.is_released:  # preempted in this call: drop it as it stands
+                    req.reset_for_recompute(restart_output_count=True)
+                req.state = State.IGNORED
+                self.ignored.append(req)
+        return waiting[0] if waiting else None
+
     def _admission_blocks(self, req: Request) -> int:
         return self.blocks.blocks_for(self.config.max_model_len if self.reserves_max_len else req.prefill_len)
 
@@ -135,12 +185,16 @@ class Scheduler:
         needed = self._admission_blocks(req)
         if not self.blocks.can_allocate(needed):
             return False
+        if req.is_released:  # compat reference: readmitted in the call that preempted it (§4)
+            req.reset_for_recompute(restart_output_count=True)
         req.start_prefill(self.blocks.allocate(needed))
         bisect.insort_right(self.running, req, key=_arrival)  # = append + stable FCFS sort
         return True
 
     def _preempt(self, req: Request, batch: Batch) -> None:
-        self.blocks.free(req.preempt())
+        self.blocks.free(req.release())
+        if not self.reference:  # the reference resets it when `schedule` returns
+            req.reset_for_recompute(restart_output_count=False)
         self.waiting.appendleft(req)
         batch.preempted.append(req)
 
@@ -148,12 +202,14 @@ class Scheduler:
         """Give every running, prompt-complete request one decode token, oldest first.
 
         When a decode needs a new block and none is free, the youngest running request not yet
-        visited is preempted (recompute); if none is left, the request itself is. Returns the
-        running requests whose prompt is still incomplete, in FCFS order.
+        visited is preempted (recompute); if none is left, the request itself is. Under compat
+        reference every decode needs a free block, new block or not (§2.3). Returns the running
+        requests whose prompt is still incomplete, in FCFS order.
         """
         running = self.running
         block_size = self.blocks.block_size
         free = self.blocks._free  # direct access: this loop runs once per decode token
+        strict = self.reference
         decodes = batch.decodes
         partial = []
         kv_tokens = 0
@@ -165,19 +221,21 @@ class Scheduler:
                 partial.append(req)
                 continue
             context = req.prompt_len + req.generated
-            if context > len(req.blocks) * block_size:
+            needs_block = context > len(req.blocks) * block_size
+            if needs_block or (not free and strict):
                 while not free and end > i:
                     end -= 1
                     self._preempt(running[end], batch)
                 if not free:
                     self._preempt(req, batch)
                     continue
-                req.blocks.append(free.pop())
+                if needs_block:
+                    req.blocks.append(free.pop())
             decodes.append(req)
             kv_tokens += context
         batch.decode_kv_tokens = kv_tokens
         if batch.preempted:
-            self.running = [r for r in running if r.state != State.WAITING]
+            self.running = [r for r in running if r.blocks]  # victims hold none
         return partial
 
     def on_batch_end(self, batch: Batch, now: float) -> tuple[list[Request], list[Request]]:
@@ -186,12 +244,15 @@ class Scheduler:
         finished = []
         for req in emitted:
             req.generated += 1
-            if req.generated == req.decode_len:
+            if req.generated == req.finish_at:
                 finished.append(req)
+        # The reference's OSDI branch discards the token sampled when a prompt completes (§2.2).
+        prompt_emits = not self.reference
         for req, _start, chunk in batch.prefills:
-            if req.finish_chunk(chunk):
+            if req.finish_chunk(chunk) and prompt_emits:
+                req.generated += 1
                 emitted.append(req)
-                if req.generated == req.decode_len:
+                if req.generated == req.finish_at:
                     finished.append(req)
         if finished:
             for req in finished:

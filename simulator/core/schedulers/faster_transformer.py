@@ -14,13 +14,13 @@ class FasterTransformerScheduler(Scheduler):
     name = "faster_transformer"
     reserves_max_len = True
 
-    def schedule(self, now: float) -> Batch | None:
+    def _build_batch(self) -> Batch:
         batch = Batch()
         if self.running:
             self._decode_pass(batch)
             return batch
         waiting = self.waiting
-        while waiting and self._try_admit(waiting[0]):
-            req = waiting.popleft()
+        while (req := self._waiting_head()) is not None and self._try_admit(req):
+            waiting.popleft()
             batch.add_prefill(req, req.prefill_len)
-        return batch if batch.size else None
+        return batch

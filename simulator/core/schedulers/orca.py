@@ -14,11 +14,11 @@ class OrcaScheduler(Scheduler):
     name = "orca"
     reserves_max_len = True
 
-    def schedule(self, now: float) -> Batch | None:
+    def _build_batch(self) -> Batch:
         batch = Batch()
         self._decode_pass(batch)  # never needs a block: max_model_len is reserved
         waiting = self.waiting
-        while waiting and self._try_admit(waiting[0]):
-            req = waiting.popleft()
+        while (req := self._waiting_head()) is not None and self._try_admit(req):
+            waiting.popleft()
             batch.add_prefill(req, req.prefill_len)
-        return batch if batch.size else None
+        return batch

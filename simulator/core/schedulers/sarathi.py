@@ -18,7 +18,7 @@ class SarathiScheduler(Scheduler):
     def profile_prompt_lengths(cls, config: SchedulerConfig) -> list[int]:
         return [min(config.chunk_size, config.max_model_len)]  # one full chunk (reference §6)
 
-    def schedule(self, now: float) -> Batch | None:
+    def _build_batch(self) -> Batch:
         batch = Batch()
         partial = self._decode_pass(batch)
         budget = self.config.chunk_size - len(batch.decodes)
@@ -29,9 +29,14 @@ class SarathiScheduler(Scheduler):
             batch.add_prefill(req, chunk)
             budget -= chunk
         waiting = self.waiting
-        while waiting and budget > 0 and self._try_admit(waiting[0]):
-            req = waiting.popleft()
-            chunk = min(req.prefill_len, budget)
+        while budget > 0 and (req := self._waiting_head()) is not None:
+            # Under compat reference a request preempted earlier in this call still shows its old
+            # progress (§4): a decoding one gives a zero chunk, which stops admission; a partly
+            # prefilled one is readmitted with its old remainder as its first chunk.
+            chunk = min(req.remaining_prefill, budget)
+            if not chunk or not self._try_admit(req):
+                break
+            waiting.popleft()
             batch.add_prefill(req, chunk)
             budget -= chunk
-        return batch if batch.size else None
+        return batch
