@@ -47,14 +47,15 @@ def simulate(requests: Sequence[Request], schedulers: Scheduler | Sequence[Sched
     finished_total = 0
 
     def start_batch(r: int, now: float) -> None:
+        nonlocal finished_total
         scheduler = replicas[r]
         batch = scheduler.schedule(now)
-        if batch is None:
         if scheduler.ignored:  # compat reference: too long for max_model_len, dropped and counted
             ignored = scheduler.take_ignored()
             recorder.on_ignored(ignored, now)
             finished_total += len(ignored)
             router.on_finished(r, len(ignored))
+        if batch is None:
             if scheduler.waiting or scheduler.running:
                 raise SchedulerStuckError(
                     f"{scheduler.name} (replica {r}) scheduled nothing at t={now:.3f}s with "
