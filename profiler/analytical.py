@@ -32,7 +32,8 @@ from simulator.core.model_spec import ModelSpec
 
 from .all_reduce import AllReduceModel
 from .cost_model import CostModel
-from .fit import LOGIT_BYTES, AttentionUnits, gathered_logits_bytes, gemm_flops_bytes, linear_shapes, stream_widths
+from .fit import (LOGIT_BYTES, AttentionUnits, all_reduces_per_iteration, gathered_logits_bytes, gemm_flops_bytes,
+                  linear_shapes, stream_widths)
 from .hardware import HardwareSpec
 
 
@@ -110,19 +111,20 @@ class AnalyticalCostModel(CostModel):
         ops = {
             "cpu_overhead": np.full_like(n, self._cpu_overhead),
             "embedding": self._kernel(0, 2 * act * w["embedding"]),  # gather rows, write activations
-            # fused residual-add + RMSNorm reads x and the residual and writes both; two per layer
-            "rmsnorm": 2 * layers * self._kernel(0, 4 * act * w["rmsnorm"] + h * b),
+            # fused residual-add + norm reads x and the residual and writes both; two per layer
+            # (one where attention and MLP run side by side from one norm)
+            "rmsnorm": m.norms_per_layer * layers * self._kernel(0, 4 * act * w["rmsnorm"] + h * b),
         }
         ops["qkv_proj"] = self._linear("qkv_proj", n)
         ops["rope"] = layers * self._kernel(0, 2 * act * w["rope"])  # q and k, in place
         ops["kv_cache_write"] = layers * self._kernel(0, 2 * act * w["kv_cache_write"])
         ops["o_proj"] = self._linear("o_proj", n)
         ops["gate_up_proj"] = self._linear("gate_up_proj", n)
-        ops["silu_mul"] = layers * self._kernel(0, 3 * act * w["silu_mul"])  # read gate and up, write one
+        # SiLU-and-multiply reads gate and up and writes one; a plain GELU reads one and writes one
+        ops["silu_mul"] = layers * self._kernel(0, (3 if m.gated_mlp else 2) * act * w["silu_mul"])
         ops["down_proj"] = self._linear("down_proj", n)
-        # two per layer (after attention, after the MLP) and one for the vocab-parallel embedding
         ops["all_reduce"] = (np.zeros_like(n) if self._all_reduce is None
-                             else (2 * layers + 1) * self._all_reduce.seconds(act * h))
+                             else all_reduces_per_iteration(m) * self._all_reduce.seconds(act * h))
         return {k: np.where(n > 0, v, 0.0) for k, v in ops.items()}
 
     def _gemm(self, name: str, n: np.ndarray) -> np.ndarray:

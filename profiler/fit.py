@@ -83,9 +83,16 @@ def linear_shapes(model: ModelSpec, tp: int) -> dict[str, tuple[int, int]]:
     h, d = model.hidden_size, model.head_dim
     heads, kv_heads = model.heads_per_rank(tp), model.kv_heads_per_rank(tp)
     inter = model.intermediate_size // tp
+    up = 2 * inter if model.gated_mlp else inter  # gate and up fused, or up alone
     return {"qkv_proj": (h, (heads + 2 * kv_heads) * d), "o_proj": (heads * d, h),
-            "gate_up_proj": (h, 2 * inter), "down_proj": (inter, h),
+            "gate_up_proj": (h, up), "down_proj": (inter, h),
             "lm_head": (h, model.vocab_size // tp)}
+
+
+def all_reduces_per_iteration(model: ModelSpec) -> int:
+    """Per layer one after attention and one after the MLP (one when they run side by side), plus
+    one for the vocab-parallel embedding."""
+    return (1 if model.parallel_block else 2) * model.num_layers + 1
 
 
 def gemm_flops_bytes(n: Any, k_in: Any, k_out: Any, dtype_bytes: int) -> tuple[Any, Any]:
@@ -104,7 +111,7 @@ def stream_widths(model: ModelSpec, tp: int) -> dict[str, int]:
     d = model.head_dim
     heads, kv_heads = model.heads_per_rank(tp), model.kv_heads_per_rank(tp)
     return {"rmsnorm": model.hidden_size, "silu_mul": model.intermediate_size // tp,
-            "rope": (heads + kv_heads) * d, "kv_cache_write": 2 * kv_heads * d,
+            "rope": (heads + kv_heads) * model.rotary_width, "kv_cache_write": 2 * kv_heads * d,
             "embedding": model.hidden_size, "rope_cos_sin": d, "final_norm": model.hidden_size,
             "sampling": model.vocab_size}
 

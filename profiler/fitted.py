@@ -27,8 +27,8 @@ from simulator.core.model_spec import ModelSpec
 
 from .all_reduce import AllReduceModel
 from .cost_model import CostModel
-from .fit import (ATTENTION, AttentionUnits, Law, gathered_logits_bytes, law_group, linear_shapes, load_fit,
-                  stream_widths)
+from .fit import (ATTENTION, AttentionUnits, Law, all_reduces_per_iteration, gathered_logits_bytes, law_group,
+                  linear_shapes, load_fit, stream_widths)
 from .hardware import HardwareSpec
 
 # How often each op runs per decoder layer (the residual add is timed with its RMSNorm).
@@ -49,6 +49,9 @@ class FittedCostModel(CostModel):
             raise ValueError(f"cost_model={self.name} needs a profile: set `profile:` in the hardware "
                              "config to a measured profile dir (docs/profiler.md), or use cost_model=analytical")
         model.check_tp(tp)
+        if not model.is_llama:
+            raise ValueError(f"cost_model={self.name} prices the GPU backend's Llama operations, and model "
+                             f"{model.name} is {model.architecture()}; use cost_model=public or analytical")
         self.model, self.hardware, self.tp = model, hardware, tp
         self.fit = load_fit(profile_dir, cache_dir)
         self._check_hardware()
@@ -167,8 +170,7 @@ class FittedCostModel(CostModel):
         ops = {op: layers * count * self._op(op, n) for op, count in LAYER_OPS.items()}
         ops.update({op: self._op(op, n) for op in ITERATION_OPS})
         if self._all_reduce is not None:
-            # two per layer (after attention, after the MLP) and one for the vocab-parallel embedding
-            ops["all_reduce"] = (2 * layers + 1) * self._all_reduce.seconds(n * m.hidden_size * m.dtype_bytes)
+            ops["all_reduce"] = all_reduces_per_iteration(m) * self._all_reduce.seconds(n * m.hidden_size * m.dtype_bytes)
         ops["cpu_overhead"] = np.full_like(n, self._cpu_overhead)
         self._token_ops = {k: np.where(n > 0, v, 0.0) for k, v in ops.items()}
 

@@ -44,6 +44,7 @@ class HardwareSpec:
     cpu_overhead_ms: float
     all_reduce: AllReduceSpec
     profile: str | None = None  # a measured profile shipped in the repo (profiles/...), if any
+    public_fit: str | None = None  # this GPU's fit to public measurements (profiler/calibration/public_<key>.json)
 
     @property
     def peak_flops(self) -> float:
@@ -85,8 +86,11 @@ class HardwareSpec:
                              "keep one entry per number of workers")
         a.no_extra()
         profile = r.optional_string("profile", "a profile folder inside the repository, or null")
+        public_fit = r.optional_string("public_fit", "a GPU of profiler/calibration/public_<gpu>.json "
+                                       "(a100, h100, a40), or null")
         r.no_extra()
-        return cls(name, memory_gib, peak, bw, efficiency, floor, cpu, AllReduceSpec(csv, fallback), profile)
+        return cls(name, memory_gib, peak, bw, efficiency, floor, cpu, AllReduceSpec(csv, fallback), profile,
+                   public_fit)
 
 
 def _alpha_beta(r: "_Reader") -> AlphaBeta:

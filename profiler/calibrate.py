@@ -1,0 +1,185 @@
+"""Fit one GPU's cross-model laws to the public measurements, score them on held-out models, commit them.
+
+    python -m profiler.calibrate                 # every public GPU -> profiler/calibration/public_<gpu>.json
+    python -m profiler.calibrate gpu=a100        # one GPU
+
+Per GPU, one law per group over every public model measured on it (`profiler/public_profiles.py`):
+the four linear layers share one GEMM law (a GEMM is a GEMM: M, N and K tell them apart); each
+bandwidth-bound op (norm, activation, RoPE, embedding) has its own. Each law is scored by
+leave-one-model-out: fitted on all models but one, it predicts the one left out, which is how it
+will price a model nobody measured (Yi-34B). The group keeps the learned correction
+(`profiler/cross_model.py`) only if that held-out error is lower with it. The final law is fitted
+to every model and written, with its provenance and errors, to `profiler/calibration/`, so runs
+without `../shared` give the same numbers. `python -m profiler.accuracy source=public` prints
+the same scores from those files.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulator.core.paths import DEFAULT_SHARED_DATA_DIR, REPO_ROOT
+
+from .cross_model import ShapeLaw, fit_shape_law
+from .fit import _STREAM_TRAFFIC, gemm_flops_bytes
+from .public_profiles import PUBLIC_GPUS, SOURCE, read_public
+
+CALIBRATION_DIR = REPO_ROOT / "profiler" / "calibration"
+GEMM_GROUP = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+STREAM_PASSES = {**{op: passes for op, (passes, _) in _STREAM_TRAFFIC.items()}, "gelu": 2}  # GELU: read, write
+SMALL = 64  # token counts below this are scored apart: launch- and bandwidth-bound, their own goal
+
+
+def group_of(op: str) -> str:
+    return "gemm" if op in GEMM_GROUP else op
+
+
+def shape_features(op: str, tokens: Any, k_in: Any, k_out: Any, width: Any, dtype_bytes: int = 2) -> dict[str, Any]:
+    """What a law reads for `op`: tokens, its widths (n, k) and its FLOPs and bytes."""
+    tokens = np.asarray(tokens, dtype=float)
+    if op in GEMM_GROUP:
+        flops, nbytes = gemm_flops_bytes(tokens, np.asarray(k_in, float), np.asarray(k_out, float), dtype_bytes)
+        return {"tokens": tokens, "n": k_out, "k": k_in, "flops": flops, "nbytes": nbytes}
+    nbytes = STREAM_PASSES[op] * tokens * np.asarray(width, float) * dtype_bytes
+    return {"tokens": tokens, "n": width, "k": 1, "flops": np.zeros_like(tokens), "nbytes": nbytes}
+
+
+def _features(rows: Any) -> dict[str, np.ndarray]:
+    parts = [shape_features(op, g["tokens"], g["k_in"], g["k_out"], g["width"]) for op, g in rows.groupby("op", sort=False)]
+    index = np.concatenate([g.index.to_numpy() for _, g in rows.groupby("op", sort=False)])
+    order = np.argsort(index)
+    return {k: np.concatenate([np.broadcast_to(np.asarray(p[k], float), p["tokens"].shape) for p in parts])[order]
+            for k in parts[0]}
+
+
+def _predict(law: ShapeLaw, f: dict[str, np.ndarray]) -> np.ndarray:
+    return law.seconds(f["tokens"], f["n"], f["k"], f["flops"], f["nbytes"])
+
+
+def _fit(f: dict[str, np.ndarray], seconds: np.ndarray, at: np.ndarray, num_sms: int, correct: bool) -> ShapeLaw:
+    return fit_shape_law(*(f[k][at] for k in ("tokens", "n", "k", "flops", "nbytes")), seconds[at], num_sms, correct)
+
+
+def _mape(ape: np.ndarray) -> float | None:
+    return float(ape.mean()) if ape.size else None
+
+
+@dataclass
+class GroupFit:
+    group: str
+    law: ShapeLaw
+    corrected: bool
+    held_out: np.ndarray | None  # per row: out-of-model prediction (seconds); None: one model only
+    in_sample: np.ndarray        # per row: the final law's prediction
+    held_out_mape: dict[str, float | None]  # "roofline" and "roofline+correction", all tokens
+
+
+def fit_group(group: str, rows: Any, num_sms: int, log=print) -> GroupFit:
+    f = _features(rows)
+    seconds = rows["median_ms"].to_numpy() * 1e-3
+    models = rows["model"].to_numpy()
+    names = sorted(set(models))
+    held = {}
+    if len(names) > 1:
+        for correct in (False, True):
+            pred = np.zeros(len(seconds))
+            for name in names:
+                test = models == name
+                pred[test] = _predict(_fit(f, seconds, np.flatnonzero(~test), num_sms, correct), {k: v[test] for k, v in f.items()})
+            held[correct] = pred
+        mape = {c: float(np.mean(np.abs(p / seconds - 1))) for c, p in held.items()}
+        corrected = mape[True] < mape[False]
+    else:  # one model: nothing to hold out; keep the correction, say that it is in-sample only
+        mape, corrected = {}, True
+    law = _fit(f, seconds, np.arange(len(seconds)), num_sms, corrected)
+    log(f"  {group:<12} {len(seconds):>6} rows, {len(names)} models: "
+        + (f"held-out MAPE roofline {mape[False]:.2%}, +correction {mape[True]:.2%} -> "
+           f"{'kept' if corrected else 'dropped'}" if mape else "one model (in-sample only)"))
+    return GroupFit(group, law, corrected, held.get(corrected), _predict(law, f),
+                    {"roofline": mape.get(False), "roofline+correction": mape.get(True)})
+
+
+def op_scores(rows: Any, fit: GroupFit) -> list[dict[str, Any]]:
+    """Per op: points, models, held-out (leave-one-model-out) and in-sample MAPE, below and from SMALL tokens."""
+    seconds = rows["median_ms"].to_numpy() * 1e-3
+    small = rows["tokens"].to_numpy() < SMALL
+    out = []
+    for op in rows["op"].unique():
+        mine = (rows["op"] == op).to_numpy()
+        ins = np.abs(fit.in_sample[mine] / seconds[mine] - 1)
+        score = {"op": op, "group": fit.group, "points": int(mine.sum()),
+                 "models": sorted(rows.loc[mine, "model"].unique()),
+                 "in_sample_mape": float(ins.mean()),
+                 "held_out_mape_small": None, "held_out_mape_large": None, "held_out_by_model": None}
+        if fit.held_out is not None:
+            ape = np.abs(fit.held_out / seconds - 1)
+            score["held_out_mape_small"] = _mape(ape[mine & small])
+            score["held_out_mape_large"] = _mape(ape[mine & ~small])
+            score["held_out_by_model"] = {m: _mape(ape[mine & (rows["model"] == m).to_numpy()])
+                                          for m in score["models"]}
+        out.append(score)
+    return out
+
+
+def calibrate_gpu(gpu: str, data_dir: Path, log=print) -> dict[str, Any]:
+    import sklearn
+
+    info = PUBLIC_GPUS[gpu]
+    table = read_public(data_dir, gpu)
+    log(f"{info.name} ({gpu}): {len(table)} rows, models {sorted(table['model'].unique())}")
+    laws, scores, selection = {}, [], {}
+    for group, rows in table.groupby(table["op"].map(group_of), sort=True):
+        rows = rows.reset_index(drop=True)
+        fit = fit_group(group, rows, info.num_sms, log)
+        laws[group] = fit.law.to_json()
+        selection[group] = {"correction": fit.corrected, "held_out_mape": fit.held_out_mape}
+        scores += op_scores(rows, fit)
+    return {
+        "gpu": gpu, "name": info.name, "num_sms": info.num_sms, "source": SOURCE, "dtype": "fp16",
+        "created": datetime.date.today().isoformat(),
+        "command": "python -m profiler.calibrate " + " ".join(sys.argv[1:]),
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "scikit-learn": sklearn.__version__},
+        "models": sorted(table["model"].unique()), "tp": sorted(int(t) for t in table["tp"].unique()),
+        "rows": int(len(table)), "groups": {op: group_of(op) for op in table["op"].unique()},
+        "selection": selection, "scores": scores, "laws": laws,
+    }
+
+
+def calibration_path(gpu: str, directory: Path = CALIBRATION_DIR) -> Path:
+    return Path(directory) / f"public_{gpu}.json"
+
+
+def main(argv: list[str]) -> int:
+    options = dict(arg.split("=", 1) for arg in argv if "=" in arg)
+    unknown = sorted(set(options) - {"gpu", "shared_data_dir", "out"}) + [a for a in argv if "=" not in a]
+    if unknown:
+        print(f"error: unknown arguments {unknown}; use gpu=<{','.join(PUBLIC_GPUS)}> shared_data_dir=<dir> out=<dir>",
+              file=sys.stderr)
+        return 2
+    gpus = options.get("gpu", ",".join(PUBLIC_GPUS)).split(",")
+    data_dir = Path(options.get("shared_data_dir", DEFAULT_SHARED_DATA_DIR))
+    out = Path(options.get("out", CALIBRATION_DIR))
+    try:
+        for gpu in gpus:
+            calibration = calibrate_gpu(gpu, data_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            path = calibration_path(gpu, out)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(calibration, separators=(",", ":")))
+            tmp.replace(path)
+            print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} KB)")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
