@@ -19,6 +19,13 @@ K/V tile once per KV head instead of once per query head. Programs walk the sequ
 `BLOCK_N`-key tiles through the block table with an online (streaming) softmax in fp32. When a
 batch has too few programs to fill the GPU (small decode batches), the KV range is split
 across programs and a second kernel combines the partial softmax states.
+
+Compiles. Triton compiles one binary per set of compile-time values and specialises integer
+arguments by value (1, multiples of 16, other). Every integer that changes from batch to batch
+(sequence, tile, token and split counts, the block table's width) is therefore excluded from
+specialisation (`do_not_specialize`); the remaining variants are the tile size `BLOCK_Q` (and its
+warps and stages), partials on or off, and the combine kernel's `SPLITS_PAD`.
+`warm_up_kernels` launches each of them once, so no compile lands in a timed run.
 """
 from __future__ import annotations
 
@@ -147,7 +154,12 @@ def _attend_kv_tile(q, acc, m_i, l_i, kv_start, kv_hi, row_pos, offs_n, offs_d,
     return acc, m_new, l_i
 
 
-@triton.jit
+# The per-batch integers; everything else the kernels take is fixed by the model and the cache.
+_PER_BATCH_ARGS = ["num_seqs", "num_tiles", "num_tokens", "num_splits", "stride_bt"]
+_COMBINE_PER_BATCH_ARGS = ["num_tokens", "num_splits"]
+
+
+@triton.jit(do_not_specialize=_PER_BATCH_ARGS)
 def _paged_attention_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
         part_acc_ptr, part_m_ptr, part_l_ptr,
@@ -238,7 +250,7 @@ def _paged_attention_kernel(
         tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_COMBINE_PER_BATCH_ARGS)
 def _combine_splits_kernel(part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, num_tokens, num_splits,
                            stride_ot, stride_oh, NUM_Q_HEADS: tl.constexpr,
                            HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr):
@@ -292,15 +304,24 @@ def kernel_config(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size
                 num_warps=8 if large_tile else 4, num_stages=2 if large_tile else 3)
 
 
+def block_q_values(num_q_heads: int, num_kv_heads: int) -> list[int]:
+    """Every `BLOCK_Q` that `kernel_config` can choose for these heads, smallest first."""
+    group_pad = triton.next_power_of_2(num_q_heads // num_kv_heads)
+    smallest, largest = max(1, _DECODE_ROWS // group_pad), max(1, _PREFILL_ROWS // group_pad)
+    return [1 << i for i in range(smallest.bit_length() - 1, largest.bit_length())]
+
+
 @functools.cache
-def _multiprocessor_count(device_index: int) -> int:
+def multiprocessor_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _auto_num_kv_splits(num_programs: int, max_context_len: int, device: torch.device) -> int:
-    if device.type != "cuda":
+def auto_num_kv_splits(num_programs: int, max_context_len: int, num_sms: int | None) -> int:
+    """How many programs share one KV range: enough to give `num_sms` SMs a few programs each
+    (1 where there is no GPU to fill: `num_sms` None)."""
+    if num_sms is None:
         return 1
-    target = _PROGRAMS_PER_SM * _multiprocessor_count(device.index or 0)
+    target = _PROGRAMS_PER_SM * num_sms
     if num_programs >= target:
         return 1
     return max(1, min(triton.cdiv(target, num_programs), max_context_len // _MIN_KEYS_PER_SPLIT,
@@ -310,9 +331,11 @@ def _auto_num_kv_splits(num_programs: int, max_context_len: int, device: torch.d
 def triton_paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            meta: AttentionMetadata, scale: float, *,
                            out: torch.Tensor | None = None,
-                           num_kv_splits: int | None = None) -> torch.Tensor:
+                           num_kv_splits: int | None = None,
+                           num_sms: int | None = None) -> torch.Tensor:
     """The Triton path of `paged_attention`. `out` (default: new tensor) receives the result;
-    `num_kv_splits` overrides the automatic choice of how many programs share one KV range."""
+    `num_kv_splits` overrides the automatic choice of how many programs share one KV range, and
+    `num_sms` the SM count that choice targets (default: the GPU's; no splits off a GPU)."""
     if not (query.is_cuda or KERNELS_INTERPRETED):
         raise ValueError("the Triton kernel needs CUDA tensors, or TRITON_INTERPRET=1 set before "
                          "backend.attention is imported")
@@ -336,8 +359,9 @@ def triton_paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     # Each sequence gets one spare tile at most; see the tile search in the kernel.
     num_tiles = (num_tokens - num_seqs) // config["BLOCK_Q"] + num_seqs
     num_programs = num_tiles * num_kv_heads
-    num_splits = num_kv_splits or _auto_num_kv_splits(num_programs, meta.max_context_len,
-                                                      query.device)
+    if num_sms is None and query.is_cuda:
+        num_sms = multiprocessor_count(query.device.index or 0)
+    num_splits = num_kv_splits or auto_num_kv_splits(num_programs, meta.max_context_len, num_sms)
 
     if num_splits > 1:
         part_acc = torch.empty((num_splits, num_tokens, num_q_heads, head_dim),
@@ -369,3 +393,24 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     if query.is_cuda or KERNELS_INTERPRETED:
         return triton_paged_attention(query, k_cache, v_cache, meta, scale)
     return reference_attention(query, k_cache, v_cache, meta, scale)
+
+
+def warm_up_kernels(k_cache: torch.Tensor, v_cache: torch.Tensor, num_q_heads: int,
+                    scale: float) -> int:
+    """Launch every kernel variant a batch can reach on this cache (each `BLOCK_Q`, with and
+    without partials, every `SPLITS_PAD` up to the most splits), so that Triton compiles them now
+    and no compile happens in a timed run. Reads the cache, writes nothing to it; returns the
+    number of launches."""
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    device = k_cache.device
+    block_qs = block_q_values(num_q_heads, num_kv_heads)
+    # (query tokens, splits): a batch of `block_q` tokens gets tile `block_q`; 1 split writes the
+    # output, 2 write partials (and the combine's SPLITS_PAD 2); 4, 8, ... the other paddings.
+    launches = [(block_q, splits) for block_q in block_qs for splits in (1, 2)]
+    launches += [(block_qs[0], 1 << i) for i in range(2, (_MAX_SPLITS - 1).bit_length() + 1)]
+    for num_query, num_splits in launches:
+        table = [b % num_blocks for b in range(-(-num_query // block_size))]
+        meta = AttentionMetadata.build([(0, num_query, table)], block_size, device)
+        query = torch.zeros((num_query, num_q_heads, head_dim), dtype=k_cache.dtype, device=device)
+        triton_paged_attention(query, k_cache, v_cache, meta, scale, num_kv_splits=num_splits)
+    return len(launches)

@@ -3,8 +3,9 @@
 - `SingleGPU`: tp=1, nothing to communicate.
 - `Distributed`: one process per rank in a torch.distributed group (NCCL on GPUs, gloo on CPU).
 - `Emulated`: one rank's shard runs alone (fewer GPUs than tp). The collectives are either
-  omitted, or replaced by a modelled delay: the GPU (or CPU) spins for the time an all-reduce of
-  that many bytes takes on the target hardware (`profiler.all_reduce.AllReduceModel`). Outputs
+  omitted, or replaced by a modelled delay: the GPU (`spin.py`, calibrated after a warm-up) or
+  CPU spins for the time an all-reduce of that many bytes takes on the target hardware
+  (`profiler.all_reduce.AllReduceModel`). Outputs
   are then those of one shard, not of the model, and `label` says so.
 
 Every collective returns its result; `all_reduce` sums a row-parallel output across ranks and
@@ -12,11 +13,13 @@ Every collective returns its result; `all_reduce` sums a row-parallel output acr
 """
 from __future__ import annotations
 
+import functools
 import time
-from typing import Callable
 
 import torch
 import torch.distributed as dist
+
+from .spin import spin
 
 EMULATION_MODES = ("omit", "modelled")
 
@@ -71,7 +74,7 @@ class Emulated:
         self._times = times if mode == "modelled" else None
         what = "all-reduce omitted" if mode == "omit" else f"all-reduce modelled ({times.source})"
         self.label = f"tp={tp} emulated on 1 {_where(device)}: {what}"
-        self._spin = _gpu_spinner(device) if device.type == "cuda" else _cpu_spin
+        self._spin = functools.partial(spin, device) if device.type == "cuda" else _cpu_spin
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self._times is not None:
@@ -88,22 +91,3 @@ def _cpu_spin(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
-
-
-def sleep_cycles_per_second(device: torch.device) -> float:
-    """The clock rate of `torch.cuda._sleep` (which spins for a number of cycles), measured once."""
-    cycles = 10_000_000
-    with torch.cuda.device(device):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(cycles)  # warm-up
-        start.record()
-        torch.cuda._sleep(cycles)
-        end.record()
-        end.synchronize()
-    return cycles / (start.elapsed_time(end) * 1e-3)
-
-
-def _gpu_spinner(device: torch.device) -> Callable[[float], None]:
-    """A function that keeps the GPU's stream busy for a given time."""
-    cycles_per_second = sleep_cycles_per_second(device)
-    return lambda seconds: torch.cuda._sleep(int(seconds * cycles_per_second))

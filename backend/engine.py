@@ -6,12 +6,16 @@ nothing waiting or running, the loop sleeps until the next arrival (a scheduler 
 nothing while requests wait or run is stuck: `SchedulerStuckError`, as in the simulator). The
 engine keeps every unfinished request's output tokens: decodes feed the latest, and a preempted
 request's recompute prefill feeds them all again after its prompt. Per batch it records, besides the
-events the simulator records, `gpu_time` (the forward pass and sampling, timed on the device)
-and `cpu_time` (scheduling and input preparation). A batch starts when it is scheduled and ends
-when its tokens are back on the host; times are seconds since the run started.
+events the simulator records, `gpu_time` (the forward pass and sampling on the device, from when
+the device starts it), `cpu_time` (scheduling, input preparation and kernel launches),
+`launch_time` (the launches alone) and `lead_time` (the spin that covers the launches; see
+backend/runner.py). A batch starts when it is scheduled and ends when its tokens are back on the
+host (its wall time, launches included); times are seconds since the run started.
 
-Before the timed run a few warm-up iterations (a prompt chunk, a decode, both together) compile
-and load the kernels; they are neither timed nor recorded, and the log says how many ran.
+Before the timed run the warm-up compiles every attention kernel variant a batch can reach
+(`backend.attention.warm_up_kernels`) and runs a few iterations (a prompt chunk, a decode, both
+together) that load the remaining kernels; none of it is timed or recorded, and the log says
+how much ran.
 """
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ from .runner import Step
 WARMUP_TOKENS = 64
 
 
-def warm_up(executor, rounds: int, num_blocks: int, block_size: int) -> int:
-    """Run `rounds` × (prompt chunk, decode, mixed) steps; returns the number of iterations."""
+def warm_up(executor, rounds: int, num_blocks: int, block_size: int) -> tuple[int, int]:
+    """Compile the attention kernels, then run `rounds` × (prompt chunk, decode, mixed) steps;
+    returns the number of kernel launches and of iterations."""
+    launches = executor.warm_up_kernels()
     prompt = Step.dummy([min(WARMUP_TOKENS, num_blocks * block_size)], block_size)
     _, n, blocks = prompt.seqs[0]
     decode_blocks = list(range(num_blocks - len(blocks), num_blocks))  # away from the prompt's
@@ -42,7 +48,7 @@ def warm_up(executor, rounds: int, num_blocks: int, block_size: int) -> int:
     for _ in range(rounds):
         for step in (prompt, decode, mixed):
             executor.execute(step)
-    return 3 * rounds
+    return launches, 3 * rounds
 
 
 def serve(requests: Sequence[Request], scheduler: Scheduler, executor, warmup_rounds: int = 1,
@@ -61,8 +67,9 @@ def serve(requests: Sequence[Request], scheduler: Scheduler, executor, warmup_ro
     log(f"real engine: {executor.label}; KV cache: {blocks.num_blocks} blocks of "
         f"{blocks.block_size} tokens ({blocks.num_blocks * blocks.block_size:,} tokens) per rank "
         f"({executor.kv_note})")
-    iterations = warm_up(executor, warmup_rounds, blocks.num_blocks, blocks.block_size)
-    log(f"warm-up: {iterations} iterations before the timed run (not recorded)")
+    launches, iterations = warm_up(executor, warmup_rounds, blocks.num_blocks, blocks.block_size)
+    log(f"warm-up: {launches} attention-kernel launches (every variant) and {iterations} iterations "
+        "before the timed run (not recorded)")
 
     recorder = MetricsRecorder(requests)
     keep = outputs is not None
@@ -87,7 +94,7 @@ def serve(requests: Sequence[Request], scheduler: Scheduler, executor, warmup_ro
                 continue
             step = Step.from_batch(batch, history)
             schedule_time = time.perf_counter() - t0 - now
-            tokens, gpu_time, prep_time = executor.execute(step)
+            tokens, times = executor.execute(step)
             if len(tokens) != batch.size:
                 raise RuntimeError(f"the executor sampled {len(tokens)} tokens for a batch of "
                                    f"{batch.size} sequences")
@@ -98,7 +105,8 @@ def serve(requests: Sequence[Request], scheduler: Scheduler, executor, warmup_ro
             for req in emitted:  # not the chunks that leave part of the prefill to later
                 history[req.id].append(sampled[req.id])
             recorder.on_batch(batch, now, end, emitted, finished, blocks.num_used,
-                              gpu_time=gpu_time, cpu_time=schedule_time + prep_time)
+                              gpu_time=times.gpu, cpu_time=schedule_time + times.prep + times.launch,
+                              launch_time=times.launch, lead_time=times.lead)
             if not keep:
                 for req in finished:
                     del history[req.id]

@@ -100,6 +100,12 @@ def _serve_one(run_cfg: Mapping[str, Any], executor, runner_cfg: RunnerConfig, r
         "workload": workload.description,
         "kv_cache_blocks": executor.num_blocks,
         "kv_cache_note": executor.kv_note,
+        "timing": ("batches.parquet: gpu_time = forward and sampling on the device, from when it starts "
+                   "them (a spin lead covers the launches); cpu_time = scheduling, input preparation and "
+                   "launches; end - start = wall time with launches" if on_gpu else
+                   "batches.parquet: gpu_time = the forward on the CPU (time.perf_counter); cpu_time = "
+                   "scheduling and input preparation"),
+        "gpu_spin": executor.spin_calibration,  # the spin's rate, measured after a GPU warm-up (None on the CPU)
     }
     summary = write_run(run_cfg["output_dir"], tables, meta)
     check_conservation(tables.conservation)

@@ -8,9 +8,15 @@ preempted request (prompt + the k tokens it had generated, simulator/core/reques
 k outputs after the prompt. Every sequence samples at its last position (greedy); the token
 sampled after a prompt chunk that does not finish the prefill is simply not used.
 
-Timing: on a GPU, CUDA events bracket the forward pass and the sampling (`gpu` seconds); on the
-CPU, `time.perf_counter` does. Building the input tensors and the attention metadata is timed
-separately (`prep` seconds, CPU). Inputs are not padded: the GEMMs take any token count.
+Timing (`StepTimes`). Building the input tensors and the attention metadata is `prep` (CPU). On a
+GPU, the host enqueues the forward pass and sampling (`launch`, CPU: hundreds of kernels) while
+the GPU spins (`lead`, sized from the previous step's launch time, as profiler/measure.py does),
+and CUDA events bracket the forward on the GPU (`gpu`): it starts when the GPU starts the work,
+so launch gaps are not booked as kernel time. A step thus takes prep + launch (or the lead, if
+longer) + gpu of wall time, and launches are never hidden behind GPU work: the additive picture
+the cost models draw (CPU overhead + GPU time). On the CPU the forward is synchronous:
+`time.perf_counter` brackets it (`gpu`), and launch and lead are 0. Inputs are not padded: the
+GEMMs take any token count.
 
 KV capacity (reference-semantics §6): after the weights are loaded, one forward of the largest
 batch the scheduler can issue (`Scheduler.profile_prompt_lengths`, the same batch the simulator's
@@ -23,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -33,13 +39,30 @@ from simulator.core.block_manager import KVCacheTooSmallError
 from simulator.core.model_spec import ModelSpec
 from simulator.core.request import Request
 
-from .attention import AttentionMetadata
+from .attention import AttentionMetadata, KERNELS_INTERPRETED, warm_up_kernels
 from .kv_cache import PagedKVCache
 from .model import LlamaShard
+from .spin import spin
 from .weights import init_random_weights
 
 PROMPT_TOKEN = 1
 GIB = 1024 ** 3
+# The GPU's head start over the host's launches: the last launch time x margin, within bounds.
+LEAD_MARGIN = 1.25
+MIN_LEAD_S, MAX_LEAD_S = 0.2e-3, 50e-3
+
+
+class StepTimes(NamedTuple):
+    """Seconds one step took, by what (module docstring)."""
+    gpu: float     # forward pass and sampling on the device
+    prep: float    # input tensors and attention metadata (CPU)
+    launch: float  # enqueueing the forward (CPU; 0 on the CPU device)
+    lead: float    # the spin that gave the GPU its head start (0 on the CPU device)
+
+
+def lead_seconds(last_launch_s: float) -> float:
+    """The spin before a forward whose launches should take about `last_launch_s`."""
+    return min(max(LEAD_MARGIN * last_launch_s, MIN_LEAD_S), MAX_LEAD_S)
 
 
 @dataclass(frozen=True)
@@ -131,6 +154,7 @@ class ModelRunner:
         self.model = LlamaShard(cfg.model, cfg.tp, rank, comm, self.dtype, self.device)
         init_random_weights(self.model, cfg.seed, cfg.weights)
         self.kv: PagedKVCache | None = None
+        self._last_launch_s = MAX_LEAD_S  # until a step has measured it
 
     def _new_cache(self, num_blocks: int) -> PagedKVCache:
         m = self.cfg.model
@@ -167,11 +191,19 @@ class ModelRunner:
     def allocate_kv(self, num_blocks: int) -> None:
         self.kv = self._new_cache(num_blocks)
 
+    def warm_up_kernels(self) -> int:
+        """Compile every attention kernel variant on this cache (0 launches where attention runs
+        the PyTorch reference, on the CPU without the interpreter)."""
+        if not (self.on_gpu or KERNELS_INTERPRETED):
+            return 0
+        m = self.cfg.model
+        return warm_up_kernels(self.kv.k[0], self.kv.v[0], m.heads_per_rank(self.cfg.tp), m.head_dim ** -0.5)
+
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.device)
 
-    def execute(self, step: Step) -> tuple[list[int], float, float]:
-        """Run one step; returns (sampled token per sequence, gpu seconds, prep seconds)."""
+    def execute(self, step: Step) -> tuple[list[int], StepTimes]:
+        """Run one step; returns the sampled token per sequence and what the step took."""
         t0 = time.perf_counter()
         counts = np.fromiter((n for _, n, _ in step.seqs), dtype=np.int64, count=len(step.seqs))
         starts = np.fromiter((s for s, _, _ in step.seqs), dtype=np.int64, count=len(step.seqs))
@@ -182,18 +214,21 @@ class ModelRunner:
         meta = AttentionMetadata.build(step.seqs, self.cfg.block_size, self.device)
         prep = time.perf_counter() - t0
 
-        if self.on_gpu:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            tokens = self.model(token_ids, positions, meta, self.kv, sample_idx).argmax(dim=-1)
-            end.record()
-            end.synchronize()
-            gpu = start.elapsed_time(end) * 1e-3
-        else:
+        if not self.on_gpu:
             t1 = time.perf_counter()
             tokens = self.model(token_ids, positions, meta, self.kv, sample_idx).argmax(dim=-1)
-            gpu = time.perf_counter() - t1
-        return tokens.tolist(), gpu, prep
+            return tokens.tolist(), StepTimes(time.perf_counter() - t1, prep, 0.0, 0.0)
+        lead = lead_seconds(self._last_launch_s)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        spin(self.device, lead)
+        start.record()
+        t1 = time.perf_counter()
+        tokens = self.model(token_ids, positions, meta, self.kv, sample_idx).argmax(dim=-1)
+        end.record()
+        self._last_launch_s = time.perf_counter() - t1
+        end.synchronize()
+        times = StepTimes(start.elapsed_time(end) * 1e-3, prep, self._last_launch_s, lead)
+        return tokens.tolist(), times
 
 
 def check_kv_blocks(num_blocks: int, block_size: int, max_model_len: int) -> None:

@@ -8,8 +8,10 @@
   (its address hosts the group's rendezvous): fine for one machine.
 
 Both expose `num_blocks` (KV blocks per rank: configured, or measured and then the minimum over
-ranks), `kv_note` (how it was obtained), `label`, `execute(step) -> (tokens, gpu seconds, prep
-seconds)` (rank 0's timings) and `shutdown()`.
+ranks), `kv_note` (how it was obtained), `label`, `spin_calibration` (rank 0's GPU spin rate and
+its warm-up, `backend.spin`; None on the CPU), `warm_up_kernels()` (compiles every attention
+kernel variant on every rank; returns rank 0's launch count), `execute(step) -> (tokens,
+StepTimes)` (rank 0's times) and `shutdown()`.
 """
 from __future__ import annotations
 
@@ -22,7 +24,14 @@ import torch.distributed as dist
 from simulator.core.schedulers import SCHEDULERS, SchedulerConfig
 
 from .collectives import Distributed, Emulated, SingleGPU
-from .runner import ModelRunner, RunnerConfig, Step, check_kv_blocks
+from .runner import ModelRunner, RunnerConfig, Step, StepTimes, check_kv_blocks
+from .spin import calibration
+
+
+def _spin_calibration(device: torch.device) -> dict[str, float] | None:
+    if device.type != "cuda":
+        return None
+    return calibration(device.index if device.index is not None else torch.cuda.current_device()).as_dict()
 
 
 def build_executor(cfg: RunnerConfig, scheduler: str, sched_cfg: SchedulerConfig, all_reduce=None):
@@ -62,6 +71,7 @@ class LocalExecutor:
         else:
             comm = Emulated(cfg.tp, device, cfg.emulation, all_reduce)
         self.label = comm.label
+        self.spin_calibration = _spin_calibration(device)  # measured now, before any step spins
         self.runner = ModelRunner(cfg, 0, comm)
         if cfg.num_blocks:
             self.num_blocks, self.kv_note = cfg.num_blocks, "configured"
@@ -69,7 +79,10 @@ class LocalExecutor:
             self.num_blocks, self.kv_note = self.runner.measure_kv_blocks(profile)
         self.runner.allocate_kv(self.num_blocks)
 
-    def execute(self, step: Step) -> tuple[list[int], float, float]:
+    def warm_up_kernels(self) -> int:
+        return self.runner.warm_up_kernels()
+
+    def execute(self, step: Step) -> tuple[list[int], StepTimes]:
         return self.runner.execute(step)
 
     def shutdown(self) -> None:
@@ -90,13 +103,19 @@ class _RankWorker:
     def label(self) -> str:
         return self.runner.model.comm.label
 
+    def spin_calibration(self) -> dict[str, float] | None:
+        return _spin_calibration(self.runner.device)
+
+    def warm_up_kernels(self) -> int:
+        return self.runner.warm_up_kernels()
+
     def measure_kv_blocks(self, lengths: list[int]) -> tuple[int, str]:
         return self.runner.measure_kv_blocks(lengths)
 
     def allocate_kv(self, num_blocks: int) -> None:
         self.runner.allocate_kv(num_blocks)
 
-    def execute(self, step: Step) -> tuple[list[int], float, float]:
+    def execute(self, step: Step) -> tuple[list[int], StepTimes]:
         return self.runner.execute(step)
 
 
@@ -114,6 +133,7 @@ class RayTPExecutor:
         init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
         self.workers = [actor.remote(cfg, rank, init_method) for rank in range(cfg.tp)]
         self.label = ray.get(self.workers[0].label.remote())
+        self.spin_calibration = ray.get(self.workers[0].spin_calibration.remote())
         if cfg.num_blocks:
             self.num_blocks, self.kv_note = cfg.num_blocks, "configured"
         else:
@@ -122,11 +142,14 @@ class RayTPExecutor:
             self.kv_note = f"minimum over {cfg.tp} ranks; rank 0 {measured[0][1]}"
         ray.get([w.allocate_kv.remote(self.num_blocks) for w in self.workers])
 
-    def execute(self, step: Step) -> tuple[list[int], float, float]:
+    def warm_up_kernels(self) -> int:
+        return self._ray.get([w.warm_up_kernels.remote() for w in self.workers])[0]
+
+    def execute(self, step: Step) -> tuple[list[int], StepTimes]:
         ref = self._ray.put(step)
         results = self._ray.get([w.execute.remote(ref) for w in self.workers])
         tokens = results[0][0]
-        for rank, (other, _, _) in enumerate(results[1:], start=1):
+        for rank, (other, _) in enumerate(results[1:], start=1):
             if other != tokens:
                 raise RuntimeError(f"TP rank {rank} sampled {other} but rank 0 sampled {tokens}")
         return results[0]

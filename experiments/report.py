@@ -24,6 +24,9 @@ from plotly.subplots import make_subplots
 
 RUN_FILES = ("summary.json", "requests.csv", "tokens.parquet", "batches.parquet",
              "decode_completion_time_series.csv")
+# Under compat: reference these come from the artifact's files, as its notebooks read them.
+ARTIFACT_FILES = {"decode_completion_time_series.csv": "replica_0/plots/decode_completion_time_series.csv",
+                  "tbt_sketch": "replica_0/plots/decode_token_execution_plus_preemption_time.csv"}
 MAX_CDF_POINTS = 5_000
 MAX_STEP_POINTS = 5_000
 MAX_TIMELINE_BATCHES = 20_000
@@ -68,8 +71,12 @@ class _Run:
     def title(self) -> str:
         return f"{self.ref.label} [{self.group}]"
 
+    @property
+    def compat(self) -> str:
+        return self.summary.get("compat", "corrected")
+
     def read(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
-        path = Path(self.ref.run_dir) / name
+        path = Path(self.ref.run_dir) / (ARTIFACT_FILES.get(name, name) if self.compat == "reference" else name)
         if name.endswith(".parquet"):
             return pd.read_parquet(path, columns=columns)
         return pd.read_csv(path, usecols=columns)
@@ -106,7 +113,9 @@ def _load_runs(refs: list[RunRef]) -> list[_Run]:
         if key in seen:  # would draw two bars on one spot and two same-named curves
             raise ValueError(f"two runs labelled {ref.label!r} in panel {ref.panel!r} at QPS {ref.qps}")
         seen.add(key)
-        summary = _read_summary(Path(ref.run_dir), RUN_FILES)
+        summary = _read_summary(Path(ref.run_dir), ["summary.json"])
+        artifact = summary.get("compat") == "reference"
+        _read_summary(Path(ref.run_dir), [ARTIFACT_FILES.get(f, f) if artifact else f for f in RUN_FILES])
         if summary.get("mode") != ref.mode:
             raise ValueError(f"{ref.run_dir}: summary.json says mode {summary.get('mode')!r}, "
                              f"the run is listed as {ref.mode!r}")
@@ -139,14 +148,14 @@ def page_header(title: str, notes: list[str]) -> str:
 
 
 def _runs_table(runs: list[_Run]) -> str:
-    columns = ["run", "panel", "QPS", "mode", "P50 TBT (s)", "P99 TBT (s)", "P50 TTFT (s)",
+    columns = ["run", "panel", "QPS", "mode", "compat", "P50 TBT (s)", "P99 TBT (s)", "P50 TTFT (s)",
                "P99 TTFT (s)", "longest generation stall (s)", "makespan (s)", "preemptions",
                "conservation ok"]
     rows = []
     for run in runs:
         s = run.summary
         qps = "-" if run.ref.qps is None else f"{run.ref.qps:g}"
-        rows.append([run.ref.label, run.ref.panel or "-", qps, run.ref.mode,
+        rows.append([run.ref.label, run.ref.panel or "-", qps, run.ref.mode, run.compat,
                      s["tbt_s"]["p50"], s["tbt_s"]["p99"], s["ttft_s"]["p50"], s["ttft_s"]["p99"],
                      s["longest_generation_stall_s"], s["makespan_s"], s["preemptions"],
                      s["conservation"]["ok"]])
@@ -244,7 +253,7 @@ def _figure_1b(runs: list[_Run]) -> str:
     fig = go.Figure()
     for label in dict.fromkeys(r.ref.label for r in sweep):
         mine = sorted((r for r in sweep if r.ref.label == label), key=lambda r: r.ref.qps)
-        p99 = [r.summary["tbt_s"]["p99"] for r in mine]
+        p99 = [_p99_tbt(r) for r in mine]
         fig.add_trace(go.Bar(
             x=[f"QPS {r.ref.qps:g}" for r in mine], y=p99, name=label,
             text=[_bar_text(v) for v in p99], textposition="outside",
@@ -253,6 +262,14 @@ def _figure_1b(runs: list[_Run]) -> str:
                       legend_title_text="run", uniformtext_minsize=9,
                       xaxis=dict(categoryorder="array", categoryarray=[f"QPS {q:g}" for q in qps_values]))
     return heading + fig_html(fig)
+
+
+def _p99_tbt(run: _Run) -> float | None:
+    """P99 TBT; under compat reference as the artifact's notebook takes it from its 1,001-row
+    sketch file (pandas quantile 0.99 of the value column)."""
+    if run.compat != "reference":
+        return run.summary["tbt_s"]["p99"]
+    return float(run.read("tbt_sketch").iloc[:, 1].quantile(0.99))
 
 
 def _bar_text(value: float | None) -> str:
@@ -270,6 +287,8 @@ def _cdf_figure(runs: list[_Run], metric: str) -> str:
         for run in members:
             if metric == "ttft":
                 values = run.read("requests.csv", ["ttft"])["ttft"].to_numpy(float)
+            elif run.compat == "reference":  # the sketch's 1,001 evenly spaced quantiles
+                values = run.read("tbt_sketch").iloc[:, 1].to_numpy(float)
             else:
                 values = run.read("tokens.parquet", ["tbt"])["tbt"].to_numpy(float)
             x, p = _cdf_points(values, MAX_CDF_POINTS)
@@ -401,6 +420,7 @@ def write_sweep_report(run_dirs: list[Path], overrides: list[list[str]], out_pat
         "makespan (s)": lambda s: s["makespan_s"],
         "preemptions": lambda s: s["preemptions"],
         "conservation ok": lambda s: s["conservation"]["ok"],
+        "compat": lambda s: s.get("compat", "corrected"),
     }
     rows = [[run.get(k, "") for k in keys] + [get(s) for get in metrics.values()] + [str(d)]
             for run, s, d in zip(parsed, summaries, run_dirs)]

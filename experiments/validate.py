@@ -22,7 +22,6 @@ import html
 import json
 import math
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -157,8 +156,9 @@ def thresholds(config: Mapping[str, Any]) -> dict[str, float]:
     return {"iteration_mape": float(given["iteration_mape"]), "relative_error": float(given["relative_error"])}
 
 
-def real_section(config: Mapping[str, Any]) -> dict[str, Any]:
-    """`config.real`, checked, with its device resolved."""
+def real_section(config: Mapping[str, Any], argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`config.real`, checked, with its device resolved, and the hardware config of that device
+    (on a GPU: the GPU's own config, unless `argv` chose another one, which is refused)."""
     real = dict(config["real"])
     if real.get("emulation") == "omit":
         raise ValueError("real.emulation=omit drops the all-reduces the simulation prices; "
@@ -168,7 +168,9 @@ def real_section(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"real.num_layers={layers} must be an integer from 1 to model.num_layers={total}; "
                          "lower it, or set null for the whole model")
     real["device"] = resolve_device(str(real.get("device", "auto")), config["hardware"]["name"])
-    return real
+    from backend.gpus import hardware_for_device
+
+    return real, hardware_for_device(real["device"], config["hardware"], argv[1:])
 
 
 def resolve_device(device: str, hardware_name: str) -> str:
@@ -192,11 +194,6 @@ def resolve_device(device: str, hardware_name: str) -> str:
         raise ValueError(f"real.device={device!r} is unknown; use auto, cuda or cpu")
     if not has_gpu:
         raise ValueError(f"real.device={device} but torch sees no GPU; run on a GPU machine or set real.device=cpu")
-    gpu = torch.cuda.get_device_name(device)
-    family = re.split(r"[\s-]", hardware_name.strip())[0]  # "H100" of "H100-80GB HBM3"
-    if family.lower() not in gpu.lower():
-        raise ValueError(f"the GPU is {gpu!r} but the hardware config is {hardware_name!r}: run on "
-                         f"a {family}, or choose this GPU's hardware config (hardware=<name>)")
     return device
 
 
@@ -246,7 +243,10 @@ def compare(pair: Pair, cost_model: CostModel, real: Mapping[str, Any], sim: Map
 def run_validation(config: Mapping[str, Any], argv: list[str], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run everything, write the outputs; returns what validation.json holds."""
     limits = thresholds(config)
-    real = real_section(config)
+    real, hardware = real_section(config, argv)
+    if hardware != config["hardware"]:
+        log(f"hardware config: {hardware['name']} (the GPU's), not {config['hardware']['name']}")
+        config = {**config, "hardware": hardware}
     pairs = plan_pairs(config)
     # Build every simulation's pieces now, so a bad cost model or scheduler fails before the GPU works.
     cost_models = [prepare(p.sim_cfg).cost_model for p in pairs]

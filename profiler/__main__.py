@@ -17,13 +17,14 @@ import sys
 import time
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 import torch
 import triton
 from omegaconf import DictConfig
 
+from backend.gpus import hardware_chosen, matching_hardware
 from simulator.cli import run_or_exit, to_dict
 from simulator.core.model_spec import ModelSpec
 
@@ -49,12 +50,12 @@ def _git(*args: str) -> str | None:
         return None  # not a checkout (an installed package): the metadata says so
 
 
-def profile(config: dict[str, Any], log=print) -> Path:
-    """Measure every point of the configured grid; returns the profile directory."""
+def profile(config: dict[str, Any], log=print, argv: Sequence[str] = ()) -> Path:
+    """Measure every point of the configured grid; returns the profile directory. On a GPU the
+    hardware config is that GPU's (`backend.gpus`: one chosen in `argv` for another GPU is refused)."""
     model = ModelSpec.from_config(config["model"])
     tp = int(config["parallel"]["tp"])
     model.check_tp(tp)
-    HardwareSpec.from_config(config["hardware"])  # checked now: the profile keeps it (transfer reads its peaks)
     settings = config["profiler"]
     grid_name = settings["grid"]
     if grid_name not in settings["grids"]:
@@ -68,6 +69,8 @@ def profile(config: dict[str, Any], log=print) -> Path:
         raise ValueError(f"profiler.device={settings['device']!r}: use auto, cpu, or cuda on a machine with a CUDA GPU")
     on_gpu = device == "cuda"
     device_name = torch.cuda.get_device_name(0) if on_gpu else f"cpu ({platform.processor() or platform.machine()})"
+    hardware = matching_hardware(device_name, config["hardware"], hardware_chosen(argv)) if on_gpu else config["hardware"]
+    HardwareSpec.from_config(hardware)  # checked now: the profile keeps it (transfer reads its peaks)
     out_dir = Path(settings["output_root"]) / f"{slug(device_name) if on_gpu else 'cpu'}_{slug(model.name)}_tp{tp}"
     started = time.perf_counter()
 
@@ -109,7 +112,7 @@ def profile(config: dict[str, Any], log=print) -> Path:
         "model": config["model"],
         "tp": tp,
         "shard": f"rank 0 of {tp}: one decoder layer, the embedding and LM head shards, bfloat16",
-        "hardware": config["hardware"],
+        "hardware": hardware,
         "grid": grid_name,
         "grid_config": grid,
         "block_size": settings["block_size"],
@@ -163,7 +166,7 @@ def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
 @hydra.main(config_path="../conf", config_name="profiler", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     config = to_dict(cfg)
-    run_or_exit(lambda: profile(config))
+    run_or_exit(lambda: profile(config, argv=sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -50,15 +50,20 @@ class CudaTimer:
     def __init__(self, device: Any):
         import torch
 
-        from backend.collectives import sleep_cycles_per_second  # the backend's own spin calibration
+        from backend import spin  # the backend's own spin, calibrated after a GPU warm-up
 
         self.torch = torch
         self.device = torch.device(device)
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self._spin = spin.spin
         l2 = torch.cuda.get_device_properties(self.device).L2_cache_size
         self._flush = torch.empty(2 * l2, dtype=torch.int8, device=self.device)
-        self._cycles_per_s = sleep_cycles_per_second(self.device)
+        rate = spin.calibration(self.device.index)
         self.method = (f"CUDA events around each call, after flushing L2 ({2 * l2 >> 20} MiB written) and a "
-                       "spin kernel that lets the CPU enqueue the whole call first")
+                       "spin kernel that lets the CPU enqueue the whole call first (spin rate "
+                       f"{rate.cycles_per_second / 1e9:.3f} GHz, calibrated after {rate.warmup_s * 1e3:.0f} ms "
+                       "of GPU work)")
 
     def __call__(self, fn: Callable[[], Any], warmup: int, repeats: int) -> np.ndarray:
         torch = self.torch
@@ -70,12 +75,12 @@ class CudaTimer:
         fn()
         enqueue_s = time.perf_counter() - start
         torch.cuda.synchronize(self.device)
-        lead = int(min(max(self.MIN_LEAD_S, 2 * enqueue_s), self.MAX_LEAD_S) * self._cycles_per_s)
+        lead_s = min(max(self.MIN_LEAD_S, 2 * enqueue_s), self.MAX_LEAD_S)
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(repeats)]
         for start, end in events:
             self._flush.zero_()
-            torch.cuda._sleep(lead)
+            self._spin(self.device, lead_s)
             start.record()
             fn()
             end.record()

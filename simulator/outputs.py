@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .core.metrics import RunTables
+from .run_dir import staged_dir
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
@@ -105,15 +106,15 @@ def per_replica(tables: RunTables) -> list[dict[str, Any]]:
 
 
 def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write every file of a run; returns the summary (also in summary.json)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(tables.requests).to_csv(out / "requests.csv", index=False)
-    pd.DataFrame(tables.tokens).to_parquet(out / "tokens.parquet", index=False)
-    pd.DataFrame(tables.batches).to_parquet(out / "batches.parquet", index=False)
-    _write_reference_files(out, tables)
-    summary = summarize(tables, meta)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    """Write every file of a run; returns the summary (also in summary.json). The files appear in
+    `out_dir` only once all are written, summary.json last (simulator/run_dir.py)."""
+    with staged_dir(out_dir) as out:
+        pd.DataFrame(tables.requests).to_csv(out / "requests.csv", index=False)
+        pd.DataFrame(tables.tokens).to_parquet(out / "tokens.parquet", index=False)
+        pd.DataFrame(tables.batches).to_parquet(out / "batches.parquet", index=False)
+        _write_reference_files(out, tables)
+        summary = summarize(tables, meta)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

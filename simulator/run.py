@@ -22,6 +22,7 @@ from .core.metrics import check_conservation
 from .core.model_spec import ModelSpec
 from .core.request import Request
 from .core.schedulers import SCHEDULERS, SchedulerConfig, make_scheduler
+from .core.schedulers.base import check_compat
 from .core.workload import Workload, workload_from_config
 from .engine import simulate
 from .router import Router
@@ -29,7 +30,7 @@ from .outputs import write_run
 
 PROGRESS_MIN_REQUESTS = 20_000  # shorter runs finish in a few seconds
 _TOP_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "engine", "cost_model",
-             "cluster", "outputs", "shared_data_dir", "output_dir"}
+             "cluster", "outputs", "shared_data_dir", "output_dir", "compat"}
 CLUSTER_DEFAULTS = {"num_replicas": 1, "router": "round_robin", "seed": 0}
 
 
@@ -70,6 +71,11 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
     name = sched.pop("name", None)
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)} (scheduler=<name>)")
+    # `compat` sets the scheduler's decisions and the metrics together (reference or corrected).
+    compat = check_compat(cfg.get("compat", "corrected"), "compat")
+    if sched.setdefault("compat", compat) != compat:
+        raise ValueError(f"scheduler.compat={sched['compat']!r} contradicts compat={compat!r}; "
+                         "set only the top-level compat")
     sched_config = SchedulerConfig.from_config(sched)
     engine = dict(cfg["engine"])
     if engine.get("num_blocks") is not None:
@@ -93,6 +99,9 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
     if unknown:
         raise ValueError(f"unknown cluster keys {unknown}; known: {sorted(CLUSTER_DEFAULTS)}")
     Router.make(cluster["router"], cluster["num_replicas"], cluster["seed"])  # validates both keys
+    if compat == "reference" and cluster["num_replicas"] != 1:
+        raise ValueError(f"compat=reference writes the artifact's single-replica files; set "
+                         f"cluster.num_replicas=1 (not {cluster['num_replicas']}) or compat=corrected")
     return Setup(model, hardware, tp, name, sched_config, num_blocks, capacity_line, workload, cost_model,
                  cluster)
 
@@ -134,7 +143,10 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
         "cost_model": setup.cost_model.label,
         "workload": setup.workload.description,
         "kv_cache_blocks": setup.num_blocks,
+        "compat": setup.scheduler_config.compat,
     }
+    if setup.scheduler_config.compat == "reference":  # the artifact's config files restate it
+        meta["workload_config"] = dict(cfg["workload"])
     if num_replicas > 1:
         meta["cluster"] = {"num_replicas": num_replicas, "router": setup.cluster["router"]}
     summary = write_run(out_dir, tables, meta)

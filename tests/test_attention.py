@@ -254,3 +254,103 @@ def test_kernel_matches_reference_bf16_realistic(seqs):
     expected = reference_attention(query, k_cache, v_cache, meta, scale)
     assert not out.isnan().any()
     assert rel_err(out, expected) <= REL_TOL
+
+
+class CompileKeyRecorder:
+    """Stands in for a Triton kernel: each launch records the cache key Triton's own argument
+    binder gives it for an H100/H200 (sm_90), i.e. which compiled binary the launch would use.
+    `specialize=False` ignores the kernel's `do_not_specialize`, as an undecorated kernel would."""
+
+    def __init__(self, kernel, specialize: bool = True):
+        import copy
+
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import make_backend
+        from triton.runtime.jit import compute_cache_key, create_function_from_signature
+
+        params = kernel.params
+        if not specialize:
+            params = [copy.copy(p) for p in params]
+            for p in params:
+                p.do_not_specialize = False
+        self._binder = create_function_from_signature(kernel.signature, params,
+                                                      make_backend(GPUTarget("cuda", 90, 32)))
+        self._key = compute_cache_key
+        self.keys: set[str] = set()
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            _, specialization, options = self._binder(*args, **kwargs)
+            self.keys.add(self._key({}, specialization, options))
+        return launch
+
+
+def replayed_attention_batches(scheduler: str) -> list:
+    """The attention metadata of every batch the validation workload (conf/validate.yaml: 48
+    arXiv requests at QPS 2) gives `scheduler` on the Yi-34B TP-2 shard, as the engine builds it."""
+    from backend.runner import Step
+    from experiments.validate import plan_pairs
+    from simulator.core.schedulers import make_scheduler
+    from simulator.engine import simulate
+    from simulator.run import make_requests, prepare
+    from tests.test_simulator import compose_config
+
+    config = compose_config("validate", [], Path("/nonexistent"))
+    (pair,) = [p for p in plan_pairs(config) if p.scheduler == scheduler]
+    setup = prepare(pair.sim_cfg)
+    metas = []
+
+    def batch_time(batch):
+        generated = {req.id: [PROMPT] * req.generated for req in batch.decodes}
+        generated.update({req.id: [PROMPT] * req.generated for req, _, _ in batch.prefills})
+        metas.append(AttentionMetadata.build(Step.from_batch(batch, generated).seqs, BLOCK_SIZE, "cpu"))
+        return setup.cost_model.batch_time(batch)
+
+    simulate(make_requests(setup.workload),
+             make_scheduler(scheduler, setup.scheduler_config, setup.num_blocks), batch_time)
+    return metas
+
+
+PROMPT = 1
+H100_SMS = 132  # H100 SXM and H200 alike
+
+
+@pytest.mark.skipif(KERNELS_INTERPRETED, reason="needs the kernels as Triton JIT functions")
+def test_warm_up_compiles_every_variant_a_replayed_workload_reaches(monkeypatch):
+    """No Triton compile after the warm-up: every launch of a replayed validation workload (both
+    schedulers, Yi-34B TP-2 shard shapes, an H100's SM count) maps to a binary that
+    `warm_up_kernels` already compiled. Without `do_not_specialize` the same replay would need
+    binaries the warm-up never built, so the check can fail."""
+    import backend.attention as attention
+
+    num_q_heads, num_kv_heads, head_dim = 28, 4, 128
+    cache = PagedKVCache(1, 64, BLOCK_SIZE, num_kv_heads, head_dim, torch.bfloat16, "cpu")
+    scale = head_dim ** -0.5
+    monkeypatch.setattr(attention, "KERNELS_INTERPRETED", True)  # let CPU tensors reach the launch
+
+    def launch_keys(batches, specialize=True) -> tuple[set[str], set[str]]:
+        main = CompileKeyRecorder(_paged_attention_kernel, specialize)
+        combine = CompileKeyRecorder(_combine_splits_kernel, specialize)
+        monkeypatch.setattr(attention, "_paged_attention_kernel", main)
+        monkeypatch.setattr(attention, "_combine_splits_kernel", combine)
+        if batches is None:
+            assert attention.warm_up_kernels(cache.k[0], cache.v[0], num_q_heads, scale) > 0
+        for meta in batches or []:
+            tokens = meta.slot_mapping.shape[0]
+            # As the model slices queries out of its fused q/k projection.
+            fused = torch.empty((tokens, num_q_heads + num_kv_heads, head_dim), dtype=torch.bfloat16)
+            triton_paged_attention(fused[:, :num_q_heads], cache.k[0], cache.v[0], meta, scale,
+                                   num_sms=H100_SMS)
+        return main.keys, combine.keys
+
+    warm_main, warm_combine = launch_keys(None)
+    replay = replayed_attention_batches("vllm") + replayed_attention_batches("sarathi")
+    main, combine = launch_keys(replay)
+    assert len(replay) > 500 and len({m.max_query_len for m in replay}) > 20
+    assert len(main) >= 3 and combine, "the replay should reach several tile sizes and split runs"
+    assert main <= warm_main, f"{len(main - warm_main)} kernel variants compile after the warm-up"
+    assert combine <= warm_combine, f"{len(combine - warm_combine)} combine variants compile after it"
+
+    unspecialized = launch_keys(replay, specialize=False)
+    warm_unspecialized = launch_keys(None, specialize=False)
+    assert not (unspecialized[0] <= warm_unspecialized[0]), "without do_not_specialize it must miss"

@@ -213,10 +213,11 @@ def test_engine_refuses_a_stuck_scheduler_and_a_short_executor():
 
     class DropsOne:
         num_blocks, kv_note, label = executor.num_blocks, "configured", "drops a token"
+        warm_up_kernels = staticmethod(executor.warm_up_kernels)
 
         def execute(self, step):
-            tokens, gpu, prep = executor.execute(step)
-            return tokens[:-1], gpu, prep
+            tokens, times = executor.execute(step)
+            return tokens[:-1], times
 
     with pytest.raises(RuntimeError, match=r"sampled \d+ tokens for a batch of \d+"):
         serve(_workload(), make_scheduler("sarathi", sched_cfg, executor.num_blocks), DropsOne(),
@@ -229,7 +230,8 @@ def test_emulated_tp_is_labelled_and_modelled_delay_spins():
     sched_cfg = SchedulerConfig(max_model_len=128, chunk_size=32, block_size=BLOCK)
     cfg = RunnerConfig(TINY, tp=2, block_size=BLOCK, num_blocks=96, emulation="omit")
     executor = build_executor(cfg, "sarathi", sched_cfg)
-    assert executor.label == "tp=2 emulated on 1 CPU: all-reduce omitted"
+    where = "GPU" if torch.cuda.is_available() else "CPU"  # device=auto
+    assert executor.label == f"tp=2 emulated on 1 {where}: all-reduce omitted"
     recorder = serve(_workload(), make_scheduler("sarathi", sched_cfg, executor.num_blocks), executor,
                      progress=False, log=lambda _: None)
     check_conservation(recorder.finalize().conservation)

@@ -31,3 +31,18 @@ def test_fig1_real_mode_on_cpu_writes_the_simulators_files(tmp_path):
         assert on_disk["tbt_s"]["count"] == 4 * 4  # 4 requests x (5 tokens - the first)
     report = write_fig1_report([ref for ref, _ in plans], tmp_path / "r.html", "real on cpu", ["tiny"])
     assert report.stat().st_size > 0
+
+
+def test_real_mode_takes_the_gpus_hardware_config(monkeypatch, tmp_path):
+    """fig1's default hardware (A100) gives way to the GPU's own config; a chosen one must match;
+    a CPU run keeps what is configured."""
+    from backend.gpus import hardware_for_device
+
+    config = compose_config("fig1", ["mode=real"], tmp_path)
+    assert hardware_for_device("cpu", config["hardware"], [])["name"] == "A100-80GB PCIe"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for gpu, name in (("NVIDIA H100 80GB HBM3", "H100-80GB HBM3"), ("NVIDIA H200", "H200 141GB HBM3e")):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_, gpu=gpu: gpu)
+        assert hardware_for_device("auto", config["hardware"], ["mode=real"])["name"] == name
+        with pytest.raises(ValueError, match="the chosen hardware config describes 'A100-80GB PCIe'"):
+            hardware_for_device("cuda", config["hardware"], ["mode=real", "hardware=a100_80gb_pcie_nvlink"])

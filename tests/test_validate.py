@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -11,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.validate import (RUN_FIGURES, format_table, iteration_errors, relative_error,
-                                  resolve_device, run_figures, run_validation)
+from backend.gpus import hardware_config_name, load_hardware
+from experiments.validate import (RUN_FIGURES, format_table, iteration_errors, real_section,
+                                  relative_error, run_figures, run_validation)
 from simulator.core.paths import REPO_ROOT
 from tests.test_simulator import compose_config
 
@@ -99,10 +101,24 @@ def test_bad_config_is_one_line_and_nonzero_exit(tmp_path, overrides, message):
     assert not (tmp_path / "validation.json").exists()
 
 
-def test_the_gpu_must_be_the_one_the_hardware_config_describes(monkeypatch):
+@pytest.mark.parametrize("gpu, argv, expected", [
+    ("NVIDIA H100 80GB HBM3", [], "H100-80GB HBM3"),
+    ("NVIDIA H200", [], "H200 141GB HBM3e"),  # the default (H100) config gives way to the GPU's
+    ("NVIDIA H200", ["hardware=h200_141gb_hbm3e"], "H200 141GB HBM3e"),
+    ("NVIDIA H200", ["hardware=h100_80gb_hbm3"], "the GPU is 'NVIDIA H200' but the chosen hardware "
+                                                 "config describes 'H100-80GB HBM3': use hardware=h200_141gb_hbm3e"),
+    ("NVIDIA H100 80GB HBM3", ["hardware=a100_80gb_pcie_nvlink"], "use hardware=h100_80gb_hbm3"),
+    ("NVIDIA H100 PCIe", [], "no hardware config describes the GPU 'NVIDIA H100 PCIe'"),
+])
+def test_the_hardware_config_is_the_gpus_own(monkeypatch, tmp_path, gpu, argv, expected):
     torch = pytest.importorskip("torch", reason="the device check needs torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
-    assert resolve_device("auto", "H100-80GB HBM3") == "cuda"
-    with pytest.raises(ValueError, match="the GPU is 'NVIDIA H100 80GB HBM3' but the hardware config"):
-        resolve_device("cuda", "A100-80GB PCIe")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: gpu)
+    config = compose_config("validate", argv, tmp_path)
+    if expected.endswith(("HBM3", "HBM3e")):
+        real, hardware = real_section(config, ["validate.py", *argv])
+        assert real["device"] == "cuda" and hardware["name"] == expected
+        assert hardware == load_hardware(hardware_config_name(gpu))
+    else:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            real_section(config, ["validate.py", *argv])
