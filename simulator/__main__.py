@@ -3,23 +3,28 @@ from __future__ import annotations
 
 import json
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .cli import run_or_exit, to_dict
-from .run import run_simulation
+from .cli import command, reject_added_keys, run_command, to_dict
+from .run import prepare, run_simulation
+from .run_dir import check_output_dir
+
+CONFIG_NAME = "simulator"
 
 
-@hydra.main(config_path="../conf", config_name="simulator", version_base="1.3")
+@command(CONFIG_NAME)
 def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if not multirun:  # a multirun's jobs were all checked (check_job) before the first started
+        reject_added_keys(cfg, CONFIG_NAME, hydra_cfg.overrides.task)
     config = to_dict(cfg)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    run = lambda: run_simulation(config, config["output_dir"], progress=not multirun)  # noqa: E731
-    # In a multirun, hydra keeps a job's exception and re-raises it when the jobs are back, so
-    # one bad job is reported once by the driver rather than killing a worker process.
-    summary = run() if multirun else run_or_exit(run)
+    # run_simulation checks the output directory and every value before it simulates; errors
+    # propagate to run_command, which prints them as one line (in a multirun hydra re-raises a
+    # job's exception in the driver once the jobs are back).
+    summary = run_simulation(config, config["output_dir"], progress=not multirun)
     brief = {k: summary[k] for k in ("scheduler", "hardware", "cost_model", "workload", "num_requests",
                                      "num_batches", "ttft_s", "tbt_s", "e2e_s", "makespan_s",
                                      "throughput", "preemptions", "longest_generation_stall_s")}
@@ -27,5 +32,14 @@ def main(cfg: DictConfig) -> None:
     print(json.dumps(brief, indent=None if multirun else 2))
 
 
+def check_job(cfg: DictConfig, overrides: list[str]) -> None:
+    """Every check a multirun job's config can fail, without running it (the launcher's preflight):
+    keys added by overrides, every value, the output directory."""
+    reject_added_keys(cfg, CONFIG_NAME, overrides)
+    config = to_dict(cfg)
+    check_output_dir(config["output_dir"], config.get("overwrite") is True)
+    prepare(config)
+
+
 if __name__ == "__main__":
-    main()
+    run_command(main)

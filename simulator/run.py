@@ -24,12 +24,16 @@ from .core.request import Request
 from .core.schedulers import SCHEDULERS, SchedulerConfig, make_scheduler
 from .core.schedulers.base import check_compat
 from .core.workload import Workload, workload_from_config
+from .core.workload.config import parse_workload_config
 from .engine import simulate
 from .router import Router
+from .memory import check_memory
 from .outputs import write_run
+from .run_dir import check_output_dir
 
 PROGRESS_MIN_REQUESTS = 20_000  # shorter runs finish in a few seconds
-_TOP_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "engine", "cost_model",
+_REQUIRED_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "engine"}
+_TOP_KEYS = {*_REQUIRED_KEYS, "overwrite", "cost_model",
              "cluster", "outputs", "shared_data_dir", "output_dir", "compat"}
 CLUSTER_DEFAULTS = {"num_replicas": 1, "router": "round_robin", "seed": 0}
 
@@ -61,6 +65,12 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
     unknown = sorted(set(cfg) - _TOP_KEYS)
     if unknown:
         raise ValueError(f"unknown top-level config keys {unknown}; known: {sorted(_TOP_KEYS)}")
+    missing = sorted(_REQUIRED_KEYS - set(cfg))
+    if missing:
+        raise ValueError(f"the config lacks the section {missing[0]}; do not remove it (~{missing[0]})")
+    # The workload first: scheduler.max_model_len defaults to workload.max_tokens, and a bad value
+    # there should be blamed on the key the user set.
+    check_memory(parse_workload_config(cfg["workload"]).num_requests)
     model = ModelSpec.from_config(cfg["model"])
     hardware = HardwareSpec.from_config(cfg["hardware"])
     tp = cfg["parallel"]["tp"]
@@ -91,6 +101,7 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
         capacity_line = capacity.describe(sched_config.block_size)
     data_dir = shared_data_dir(cfg)
     workload = workload_from_config(cfg["workload"], data_dir)
+    check_memory(len(workload), int(workload.decode.sum()))
     cost_model = cost_model_for(model, cfg["hardware"], tp, cfg.get("cost_model", "auto"), data_dir=data_dir)
     cluster = {**CLUSTER_DEFAULTS, **(cfg.get("cluster") or {})}
     if cluster["seed"] is None:
@@ -114,6 +125,10 @@ def make_requests(workload: Workload) -> list[Request]:
 def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progress: bool = False) -> dict[str, Any]:
     """Run one simulation and write its directory; returns the summary. `progress` shows a bar of
     finished requests (on a terminal, for runs long enough to want one)."""
+    overwrite = cfg.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite={overwrite!r} must be true or false")
+    check_output_dir(out_dir, overwrite)
     setup = prepare(cfg)
     log(setup.capacity_line)
     num_replicas = setup.cluster["num_replicas"]
