@@ -7,7 +7,9 @@ Files in a run directory:
 - `summary.json`   quantiles, throughput, makespan, the conservation check and what produced it;
 - the reference notebooks' files, same names and columns as the Sarathi-Serve artifact:
   `decode_completion_time_series.csv` ("Time (sec)", cumulative "decode_completion") and
-  `decode_token_execution_plus_preemption_time.csv` (1001 rows: "cdf" 0..1, "value" = TBT quantile).
+  `decode_token_execution_plus_preemption_time.csv` (1001 rows: "cdf" 0..1, "value" = TBT quantile);
+  under `compat: reference` instead every file of the artifact, with its metric definitions
+  (simulator/artifact_files.py), and the summary's TBT and TTFT are the artifact's.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .artifact_files import tbt_stats, write_artifact_files
 from .core.metrics import RunTables
 from .run_dir import staged_dir
 
@@ -43,10 +46,13 @@ def longest_generation_stall(tables: RunTables) -> float:
     counts as one stall from the last decode token before it to the first one after it.
     """
     req, tok = tables.requests, tables.tokens
-    decode_times = np.unique(tok["time"][tok["token_index"] > 1])
+    # Under compat reference generation starts when the prompt completes, and every output token
+    # is a decode (the iteration that completes a prompt emits none).
+    reference = "prompt_done" in req
+    decode_times = np.unique(tok["time"] if reference else tok["time"][tok["token_index"] > 1])
     if not len(decode_times):
         return 0.0
-    first, finish = req["first_token"], req["finish"]
+    first, finish = req["prompt_done" if reference else "first_token"], req["finish"]
     multi = req["decode_len"] > 1  # a one-token request is never mid-generation
     starts_sorted = np.sort(first[multi])
     finishes_sorted = np.sort(finish[multi])
@@ -72,7 +78,7 @@ def summarize(tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
         "num_requests": int(len(req["request_id"])),
         "num_batches": int(len(bat["start"])),
         "ttft_s": _stats(req["ttft"]),
-        "tbt_s": _stats(tok["tbt"]),
+        "tbt_s": _stats(tok["tbt"]) if tables.artifact is None else tbt_stats(tables.artifact),
         "e2e_s": _stats(req["e2e"]),
         "scheduling_delay_s": _stats(req["scheduling_delay"]),
         "longest_generation_stall_s": longest_generation_stall(tables),
@@ -112,13 +118,16 @@ def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any]) -> d
         pd.DataFrame(tables.requests).to_csv(out / "requests.csv", index=False)
         pd.DataFrame(tables.tokens).to_parquet(out / "tokens.parquet", index=False)
         pd.DataFrame(tables.batches).to_parquet(out / "batches.parquet", index=False)
-        _write_reference_files(out, tables)
+        _write_reference_files(out, tables, meta)
         summary = summarize(tables, meta)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _write_reference_files(out: Path, tables: RunTables) -> None:
+def _write_reference_files(out: Path, tables: RunTables, meta: dict[str, Any]) -> None:
+    if tables.artifact is not None:  # compat reference: all the artifact's files, its definitions
+        write_artifact_files(out, tables, meta)
+        return
     # One row per batch that produced tokens: the same step curve as the reference's row per token.
     origin = tables.requests["arrival"].min() if len(tables.requests["arrival"]) else 0.0
     bat = tables.batches

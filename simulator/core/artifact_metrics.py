@@ -28,6 +28,14 @@ from .batch import Batch
 SKETCH_RELATIVE_ACCURACY = 0.001
 TBT_METRIC = "decode_token_execution_plus_preemption_time"
 SERIES = ("request_arrival", "request_completion", "prefill_completion", "decode_completion")
+# The per-request time metrics, in the artifact's column order (its CDF files are these).
+REQUEST_TIME_METRICS = (
+    "request_e2e_time", "request_e2e_time_normalized", "request_e2e_time_piecewise_normalized",
+    "request_execution_time", "request_execution_time_normalized", "request_preemption_time",
+    "request_scheduling_delay", "request_execution_plus_preemption_time",
+    "request_execution_plus_preemption_time_normalized", "prefill_e2e_time", "prefill_e2e_time_normalized",
+    "prefill_e2e_time_piecewise_normalized", "prefill_time_execution_plus_preemption",
+    "prefill_time_execution_plus_preemption_normalized", "decode_time_execution_plus_preemption_normalized")
 
 
 @dataclass
