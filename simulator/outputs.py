@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .artifact_files import tbt_stats, write_artifact_files
+from .chrome_trace import write_chrome_trace
 from .core.metrics import RunTables
 from .run_dir import staged_dir
 
@@ -111,13 +112,18 @@ def per_replica(tables: RunTables) -> list[dict[str, Any]]:
     return out
 
 
-def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
+def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any],
+              chrome_trace: bool = False) -> dict[str, Any]:
     """Write every file of a run; returns the summary (also in summary.json). The files appear in
-    `out_dir` only once all are written, summary.json last (simulator/run_dir.py)."""
+    `out_dir` only once all are written, summary.json last (simulator/run_dir.py). `chrome_trace`
+    adds chrome_trace.json (a span per batch, a track per replica)."""
     with staged_dir(out_dir) as out:
         pd.DataFrame(tables.requests).to_csv(out / "requests.csv", index=False)
         pd.DataFrame(tables.tokens).to_parquet(out / "tokens.parquet", index=False)
-        pd.DataFrame(tables.batches).to_parquet(out / "batches.parquet", index=False)
+        batches = pd.DataFrame(tables.batches)
+        batches.to_parquet(out / "batches.parquet", index=False)
+        if chrome_trace:
+            write_chrome_trace(batches, out / "chrome_trace.json")
         _write_reference_files(out, tables, meta)
         summary = summarize(tables, meta)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

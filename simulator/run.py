@@ -36,6 +36,7 @@ _REQUIRED_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "eng
 _TOP_KEYS = {*_REQUIRED_KEYS, "overwrite", "cost_model",
              "cluster", "outputs", "shared_data_dir", "output_dir", "compat"}
 CLUSTER_DEFAULTS = {"num_replicas": 1, "router": "round_robin", "seed": 0}
+OUTPUTS_DEFAULTS = {"tokens": True, "chrome_trace": False}
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Setup:
     workload: Workload
     cost_model: CostModel
     cluster: dict[str, Any]  # num_replicas, router, seed (conf/simulator.yaml `cluster:`)
+    outputs: dict[str, bool]  # optional files (conf/simulator.yaml `outputs:`)
 
     def make_router(self) -> Router:
         return Router.make(self.cluster["router"], self.cluster["num_replicas"], self.cluster["seed"])
@@ -113,8 +115,14 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
     if compat == "reference" and cluster["num_replicas"] != 1:
         raise ValueError(f"compat=reference writes the artifact's single-replica files; set "
                          f"cluster.num_replicas=1 (not {cluster['num_replicas']}) or compat=corrected")
+    outputs = {**OUTPUTS_DEFAULTS, **(cfg.get("outputs") or {})}
+    for key, value in outputs.items():
+        if key not in OUTPUTS_DEFAULTS:
+            raise ValueError(f"unknown outputs key {key!r}; known: {sorted(OUTPUTS_DEFAULTS)}")
+        if not isinstance(value, bool):
+            raise ValueError(f"outputs.{key}={value!r} must be true or false")
     return Setup(model, hardware, tp, name, sched_config, num_blocks, capacity_line, workload, cost_model,
-                 cluster)
+                 cluster, outputs)
 
 
 def make_requests(workload: Workload) -> list[Request]:
@@ -164,7 +172,7 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
         meta["workload_config"] = dict(cfg["workload"])
     if num_replicas > 1:
         meta["cluster"] = {"num_replicas": num_replicas, "router": setup.cluster["router"]}
-    summary = write_run(out_dir, tables, meta)
+    summary = write_run(out_dir, tables, meta, chrome_trace=setup.outputs["chrome_trace"])
     log(f"simulated {len(requests)} requests, {summary['num_batches']} batches in "
         f"{time.perf_counter() - wall:.2f} s wall -> {out_dir}")
     check_conservation(tables.conservation)

@@ -1,6 +1,8 @@
 """Clusters of replicas: routers balance as they state, every replica conserves, metrics per replica."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -78,3 +80,19 @@ def test_cluster_tables_and_per_replica_summary_add_up(tmp_path):
 def test_bad_cluster_config_names_the_key(tmp_path, overrides):
     with pytest.raises(ValueError, match="cluster\\."):
         cluster_run(tmp_path, "round_robin", extra=tuple(overrides))
+
+
+def test_chrome_trace_has_one_span_per_batch_on_its_replicas_track(tmp_path):
+    summary, tables = cluster_run(tmp_path / "on", "round_robin", replicas=2, extra=("outputs.chrome_trace=true",))
+    bat = tables["batches"]
+    events = json.loads((tmp_path / "on" / "chrome_trace.json").read_text())
+    spans = [e for e in events if e.get("ph") == "X"]
+    assert len(spans) == len(bat) == summary["num_batches"]
+    assert sorted({e["pid"] for e in spans}) == [0, 1]
+    by_start = sorted(spans, key=lambda e: (e["ts"], e["pid"]))
+    rows = bat.sort_values(["start", "replica"])
+    assert [e["pid"] for e in by_start] == rows.replica.tolist()
+    assert np.allclose([e["dur"] for e in by_start], rows.duration * 1e6)
+    assert [e["args"]["num_batched_prompt_tokens"] for e in by_start] == rows.num_prefill_tokens.tolist()
+    cluster_run(tmp_path / "off", "round_robin", replicas=2)
+    assert not (tmp_path / "off" / "chrome_trace.json").exists(), "written although off by default"
