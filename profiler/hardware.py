@@ -20,17 +20,26 @@ class Efficiency:
 
 
 @dataclass(frozen=True)
-class AlphaBeta:
-    """All-reduce time = alpha + bytes / bandwidth, for one number of workers."""
+class AllReduceCurve:
+    """All-reduce seconds at increasing message sizes for one GPU count: knots of a measured
+    table's curve, interpolated log-log between them (profiler/all_reduce.py)."""
     num_workers: int
-    alpha_us: float
-    bandwidth_gbps: float  # effective (algorithm) bandwidth, GB/s
+    nbytes: tuple[float, ...]
+    seconds: tuple[float, ...]
+
+
+TABLE_COLLECTIVES = ("all_reduce", "send_recv")
 
 
 @dataclass(frozen=True)
 class AllReduceSpec:
-    csv: str | None                   # measured table, relative to the shared data dir
-    fallback: tuple[AlphaBeta, ...]   # used when the csv is absent; fitted from it (profiler.all_reduce)
+    table: str | None   # measured NCCL table, relative to the shared data dir (csv, or csv.gz)
+    collective: str     # what the table measures: all_reduce, or send_recv (the all-reduce is derived)
+    curves: tuple[AllReduceCurve, ...]  # committed knots made from the table (python -m profiler.all_reduce)
+
+    @property
+    def covered(self) -> list[int]:
+        return sorted(c.num_workers for c in self.curves)
 
 
 @dataclass(frozen=True)
@@ -78,29 +87,39 @@ class HardwareSpec:
         cpu = r.number("cpu_overhead_ms", "the per-iteration CPU time in milliseconds, e.g. 5",
                        allow_zero=True)
         a = r.section("all_reduce")
-        csv = a.optional_string("csv", "a file name inside the shared data dir, or null")
-        fallback = tuple(_alpha_beta(entry) for entry in a.entries("fallback"))
-        workers = [f.num_workers for f in fallback]
+        table = a.optional_string("table", "a file inside the shared data dir, or null")
+        collective = a.choice("collective", TABLE_COLLECTIVES)
+        curves = tuple(_all_reduce_curve(entry) for entry in a.entries(
+            "curves", "{num_workers, points: [[bytes, microseconds], ...]} (python -m profiler.all_reduce writes them)"))
+        workers = [c.num_workers for c in curves]
         if len(set(workers)) != len(workers):
-            raise ValueError(f"hardware.all_reduce.fallback={workers} lists a num_workers twice; "
-                             "keep one entry per number of workers")
+            raise ValueError(f"hardware.all_reduce.curves={workers} lists a num_workers twice; "
+                             "keep one entry per number of GPUs")
         a.no_extra()
         profile = r.optional_string("profile", "a profile folder inside the repository, or null")
         public_fit = r.optional_string("public_fit", "a GPU of profiler/calibration/public_<gpu>.json "
                                        "(a100, h100, a40), or null")
         r.no_extra()
-        return cls(name, memory_gib, peak, bw, efficiency, floor, cpu, AllReduceSpec(csv, fallback), profile,
+        return cls(name, memory_gib, peak, bw, efficiency, floor, cpu, AllReduceSpec(table, collective, curves), profile,
                    public_fit)
 
 
-def _alpha_beta(r: "_Reader") -> AlphaBeta:
-    entry = AlphaBeta(
-        num_workers=r.integer("num_workers", 2, "the GPU count it was fitted for (1 GPU needs none)"),
-        alpha_us=r.number("alpha_us", "the fitted latency in microseconds", allow_zero=True),
-        bandwidth_gbps=r.number("bandwidth_gbps", "the fitted effective bandwidth in GB/s"),
-    )
+def _all_reduce_curve(r: "_Reader") -> AllReduceCurve:
+    workers = r.integer("num_workers", 2, "the GPU count the curve was measured for (1 GPU needs none)")
+    points = r.cfg.get("points")
+    r.seen.add("points")
+    fix = "regenerate it with `python -m profiler.all_reduce conf/hardware/<name>.yaml`"
+    pairs_ok = isinstance(points, Sequence) and not isinstance(points, str) and len(points) >= 2 and all(
+        isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in p) for p in points)
+    if not pairs_ok:
+        raise ValueError(f"{r.where}.points must list at least two [bytes, microseconds] pairs of positive "
+                         f"numbers; {fix}")
+    nbytes, micros = zip(*points)
+    if any(b2 <= b1 for b1, b2 in zip(nbytes, nbytes[1:])) or any(t2 < t1 for t1, t2 in zip(micros, micros[1:])):
+        raise ValueError(f"{r.where}.points must grow in bytes and never fall in time; {fix}")
     r.no_extra()
-    return entry
+    return AllReduceCurve(workers, tuple(float(b) for b in nbytes), tuple(t * 1e-6 for t in micros))
 
 
 class _Reader:
@@ -154,12 +173,17 @@ class _Reader:
     def section(self, key: str) -> "_Reader":
         return _Reader(self._get(key, "that section (see conf/hardware/*.yaml)"), f"{self.where}.{key}")
 
-    def entries(self, key: str) -> list["_Reader"]:
+    def choice(self, key: str, choices: Sequence[str]) -> str:
+        value = self._get(key, f"one of {list(choices)}")
+        if value not in choices:
+            raise ValueError(f"{self.where}.{key}={value!r} is not one of {list(choices)}; set one of them")
+        return value
+
+    def entries(self, key: str, shape: str) -> list["_Reader"]:
         self.seen.add(key)
         value = self.cfg.get(key) or []
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-            raise ValueError(f"{self.where}.{key}={value!r} must be a list of mappings "
-                             "{num_workers, alpha_us, bandwidth_gbps}")
+            raise ValueError(f"{self.where}.{key}={value!r} must be a list of mappings {shape}")
         return [_Reader(v, f"{self.where}.{key}[{i}]") for i, v in enumerate(value)]
 
     def no_extra(self) -> None:

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from profiler.all_reduce import AllReduceModel, _isotonic
+from profiler.all_reduce import AllReduceModel
 from profiler.analytical import AnalyticalCostModel
 from profiler.cost_model import build_cost_model
 from profiler.hardware import HardwareSpec
 from simulator.core.batch import Batch, BatchShape
 from simulator.core.model_spec import ModelSpec
-from simulator.core.paths import DEFAULT_SHARED_DATA_DIR
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 HARDWARE = ("a100_80gb_pcie_nvlink", "h100_80gb_hbm3")
@@ -114,7 +113,7 @@ def test_decode_time_linear_in_kv(yi, a100):
 def test_tp1_has_no_all_reduce(yi, a100, tmp_path):
     # With tp=1 no all-reduce data is needed, not even a fallback entry.
     cfg = hardware_config("a100_80gb_pcie_nvlink")
-    cfg["all_reduce"] = {"csv": None, "fallback": []}
+    cfg["all_reduce"] = {"table": None, "collective": "all_reduce", "curves": []}
     cost_model = build_cost_model(yi, HardwareSpec.from_config(cfg), 1, data_dir=tmp_path)
     ops = cost_model.breakdown(columns(random_shapes(50, seed=1)))
     assert np.all(ops["all_reduce"] == 0)
@@ -158,49 +157,6 @@ def test_sanity_ranges_a100(yi, a100):
     assert 0.25 < cost_model.batch_time(prefill(1536)) < 0.40
 
 
-# ---- all-reduce --------------------------------------------------------------------------------
-needs_csv = pytest.mark.skipif(not (DEFAULT_SHARED_DATA_DIR / "a100_pairwise_nvlink_all_reduce.csv").is_file(),
-                               reason="../shared/data all-reduce tables absent")
-
-
-@needs_csv
-@pytest.mark.parametrize("hw", HARDWARE)
-@pytest.mark.parametrize("tp", [2, 4])
-def test_committed_fallback_matches_table(yi, hw, tp, tmp_path):
-    """The alpha-beta constants in the yaml still describe the measured table they came from."""
-    hardware = HardwareSpec.from_config(hardware_config(hw))
-    table = AllReduceModel.for_workers(hardware.all_reduce, tp)
-    fallback = AllReduceModel.for_workers(hardware.all_reduce, tp, data_dir=tmp_path)
-    assert "measured table" in table.source and "fallback" in fallback.source
-    nbytes = np.arange(16, 16_385, 16) * yi.hidden_size * yi.dtype_bytes  # 16 .. 16,384 tokens
-    ratio = fallback.seconds(nbytes) / table.seconds(nbytes)
-    assert np.median(np.abs(ratio - 1)) < 0.08 and np.max(np.abs(ratio - 1)) < 0.35
-
-
-@needs_csv
-@pytest.mark.parametrize("hw", HARDWARE)
-def test_all_reduce_table_monotonic_and_extrapolated(hw):
-    hardware = HardwareSpec.from_config(hardware_config(hw))
-    table = AllReduceModel.for_workers(hardware.all_reduce, 2)
-    nbytes = np.geomspace(1, 1e10, 5000)
-    seconds = table.seconds(nbytes)
-    assert np.all(np.diff(seconds) >= 0)
-    # Far beyond the largest measurement time grows in proportion to size.
-    assert seconds[-1] / table.seconds(np.array([5e9]))[0] == pytest.approx(2.0, rel=1e-3)
-
-
-def test_isotonic_pools_violators():
-    assert _isotonic([1.0, 3.0, 2.0, 4.0, 0.0]) == pytest.approx([1.0, 2.25, 2.25, 2.25, 2.25])
-
-
-def test_missing_all_reduce_data_names_the_key(yi, tmp_path):
-    cfg = hardware_config("h100_80gb_hbm3")
-    cfg["all_reduce"]["fallback"] = [e for e in cfg["all_reduce"]["fallback"] if e["num_workers"] != 4]
-    with pytest.raises(ValueError, match="hardware.all_reduce.*num_workers=4") as err:
-        build_cost_model(yi, HardwareSpec.from_config(cfg), 4, data_dir=tmp_path)
-    assert "\n" not in str(err.value)
-
-
 # ---- hardware config validation ------------------------------------------------------------------
 def _set(cfg: dict, dotted: str, value) -> None:
     *path, last = dotted.split(".")
@@ -223,9 +179,9 @@ _DELETE = object()
     ("cpu_overhead_ms", True, "hardware.cpu_overhead_ms=True must be a number >= 0"),
     ("efficiency.tensor", 0.9, "hardware.efficiency.tensor=0.9 is not a known key"),
     ("clock_mhz", 1410, "hardware.clock_mhz=1410 is not a known key"),
-    ("all_reduce.fallback", [{"num_workers": 1, "alpha_us": 5, "bandwidth_gbps": 100}],
-     "hardware.all_reduce.fallback[0].num_workers=1 must be an integer >= 2"),
-    ("all_reduce.csv", 7, "hardware.all_reduce.csv=7 must be a non-empty string or null"),
+    ("all_reduce.curves", [{"num_workers": 1, "points": [[2048, 7], [4096, 8]]}],
+     "hardware.all_reduce.curves[0].num_workers=1 must be an integer >= 2"),
+    ("all_reduce.table", 7, "hardware.all_reduce.table=7 must be a non-empty string or null"),
 ])
 def test_bad_hardware_config_is_a_one_line_error(key, value, expected):
     cfg = hardware_config("a100_80gb_pcie_nvlink")
@@ -238,7 +194,7 @@ def test_bad_hardware_config_is_a_one_line_error(key, value, expected):
 
 def test_hardware_configs_load(a100):
     h100 = HardwareSpec.from_config(hardware_config("h100_80gb_hbm3"))
-    assert 79 * 2**30 < a100.memory_bytes < h100.memory_bytes < 80 * 2**30  # CUDA totals of "80 GB" cards
+    assert all(79 * 2**30 < h.memory_bytes < 80 * 2**30 for h in (a100, h100))  # CUDA totals of "80 GB" cards
     assert (a100.peak_bf16_tflops, h100.peak_bf16_tflops) == (312, 989)
     assert isinstance(build_cost_model(ModelSpec("tiny", 2, 64, 4, 2, 16, 128, 100), a100, 2),
                       AnalyticalCostModel)
