@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ ARTIFACT_FILES = {"decode_completion_time_series.csv": "replica_0/plots/decode_c
 MAX_CDF_POINTS = 5_000
 MAX_STEP_POINTS = 5_000
 MAX_TIMELINE_BATCHES = 20_000
-PANELS = ("1a", "1b", "")
+KV_BOUND_PANEL = "1a-kv"  # the 1a burst with longer prompts, so that it overflows the KV cache
+PANELS = ("1a", KV_BOUND_PANEL, "1b", "")
+_GROUP_ORDER = {"1a": 0, KV_BOUND_PANEL: 1, "1b": 2, "": 3}
 MODES = ("sim", "real")
 
 # Colours follow the label base, so "sarathi" and "sarathi, real" share one; the mode sets the dash.
@@ -44,7 +47,7 @@ TEMPLATE = "plotly_white"
 class RunRef:
     run_dir: Path
     label: str         # legend name, e.g. "vllm", "sarathi (chunk 1536)", "sarathi, real"
-    panel: str         # "1a" (static burst) | "1b" (Poisson QPS sweep) | "" for free-form runs
+    panel: str         # "1a" (static burst) | "1a-kv" (KV-bound burst) | "1b" (Poisson QPS sweep) | ""
     qps: float | None  # the 1b group the run belongs to
     mode: str          # "sim" | "real"
 
@@ -65,7 +68,7 @@ class _Run:
         """Runs compared in one subplot: the 1a burst, one 1b QPS, or the free-form runs."""
         if self.ref.panel == "1b":
             return f"1b, QPS {self.ref.qps:g}"
-        return "1a (static burst)" if self.ref.panel == "1a" else "other runs"
+        return {"1a": "1a (static burst)", KV_BOUND_PANEL: "1a, KV-bound burst"}.get(self.ref.panel, "other runs")
 
     @property
     def title(self) -> str:
@@ -177,30 +180,42 @@ def _config_details(runs: list[_Run]) -> str:
 
 
 def _figure_1a(runs: list[_Run]) -> str:
-    burst = [r for r in runs if r.ref.panel == "1a"]
+    """The burst with the paper's settings and, beside it, the KV-bound burst (when it ran)."""
     heading = "<h2>Figure 1a: decode tokens completed over time (static burst)</h2>"
-    if not burst:
+    panels = {title: [r for r in runs if r.ref.panel == panel] for panel, title in (
+        ("1a", "the paper's settings (public 4,096-token trace)"),
+        (KV_BOUND_PANEL, "KV-bound burst: longer prompts overflow the KV cache"))}
+    panels = {title: members for title, members in panels.items() if members}
+    if not panels:
         return heading + "<p>No panel-1a runs.</p>"
-    return heading + _stall_headlines(burst) + fig_html(_completion_figure(burst))
+    headlines = "".join(_stall_headlines(members, title if len(panels) > 1 else "")
+                        for title, members in panels.items())
+    return heading + headlines + fig_html(_completion_figure(panels))
 
 
-def _completion_figure(runs: list[_Run]) -> go.Figure:
-    """Cumulative decode tokens over time, one step curve per run."""
-    fig = go.Figure()
-    for run in runs:
-        series = run.read("decode_completion_time_series.csv")
-        # Start the curve at the origin: nothing is decoded before the first prompt finishes.
-        t = np.r_[0.0, series["Time (sec)"].to_numpy(float)]
-        done = np.r_[0.0, series["decode_completion"].to_numpy(float)]
-        t, done = _thin_step_series(t, done, MAX_STEP_POINTS)
-        fig.add_trace(go.Scatter(x=_compact(t), y=_compact(done), name=run.ref.label, mode="lines",
-                                 line=dict(shape="hv", color=run.color, dash=run.dash)))
-    fig.update_layout(template=TEMPLATE, height=450, xaxis_title="time since the first arrival (s)",
-                      yaxis_title="decode tokens completed", legend_title_text="run")
+def _completion_figure(panels: dict[str, list[_Run]]) -> go.Figure:
+    """Cumulative decode tokens over time, one step curve per run, one subplot per entry."""
+    titles = list(panels) if len(panels) > 1 else None
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, horizontal_spacing=0.08)
+    shown: set[str] = set()
+    for col, runs in enumerate(panels.values(), start=1):
+        for run in runs:
+            series = run.read("decode_completion_time_series.csv")
+            # Start the curve at the origin: nothing is decoded before the first prompt finishes.
+            t = np.r_[0.0, series["Time (sec)"].to_numpy(float)]
+            done = np.r_[0.0, series["decode_completion"].to_numpy(float)]
+            t, done = _thin_step_series(t, done, MAX_STEP_POINTS)
+            fig.add_trace(go.Scatter(x=_compact(t), y=_compact(done), name=run.ref.label, mode="lines",
+                                     legendgroup=run.ref.label, showlegend=run.ref.label not in shown,
+                                     line=dict(shape="hv", color=run.color, dash=run.dash)), row=1, col=col)
+            shown.add(run.ref.label)
+    fig.update_xaxes(title_text="time since the first arrival (s)")
+    fig.update_yaxes(title_text="decode tokens completed", col=1)
+    fig.update_layout(template=TEMPLATE, height=450, legend_title_text="run", margin=_margin(bool(titles)))
     return fig
 
 
-def _stall_headlines(burst: list[_Run]) -> str:
+def _stall_headlines(burst: list[_Run], panel_title: str = "") -> str:
     """"longest generation stall: vllm X s vs sarathi Y s", per mode, from the summaries; every
     1a run's stall too when some run is in no such pair (another scheduler, a second chunk size)."""
     lines, paired = [], 0
@@ -220,7 +235,8 @@ def _stall_headlines(burst: list[_Run]) -> str:
     if paired < len(burst):
         stalls = "; ".join(f"{r.ref.label}: {r.summary['longest_generation_stall_s']:.2f} s" for r in burst)
         lines.append(f"longest generation stall of each 1a run: {stalls}")
-    return "".join(f"<p class='headline'>{html.escape(line)}</p>" for line in lines)
+    prefix = f"{panel_title}: " if panel_title else ""
+    return "".join(f"<p class='headline'>{html.escape(prefix + line)}</p>" for line in lines)
 
 
 def _thin_step_series(t: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +274,7 @@ def _figure_1b(runs: list[_Run]) -> str:
             x=[f"QPS {r.ref.qps:g}" for r in mine], y=p99, name=label,
             text=[_bar_text(v) for v in p99], textposition="outside",
             marker=dict(color=mine[0].color, pattern_shape="/" if mine[0].ref.mode == "real" else "")))
-    fig.update_layout(template=TEMPLATE, height=450, barmode="group", yaxis_title="P99 TBT (s)",
+    fig.update_layout(template=TEMPLATE, height=450, barmode="group", yaxis_title="P99 TBT (s)", margin=_margin(False),
                       legend_title_text="run", uniformtext_minsize=9,
                       xaxis=dict(categoryorder="array", categoryarray=[f"QPS {q:g}" for q in qps_values]))
     return heading + fig_html(fig)
@@ -279,10 +295,11 @@ def _bar_text(value: float | None) -> str:
 def _cdf_figure(runs: list[_Run], metric: str) -> str:
     """One subplot per group of runs (1a, each 1b QPS, free-form), one curve per run."""
     groups = _groups(runs)
-    cols = min(len(groups), 3)
+    cols = grid_columns(len(groups))
     rows = math.ceil(len(groups) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(groups))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(groups), vertical_spacing=0.3 / rows)
     shown: set[str] = set()
+    all_values = []
     for i, (group, members) in enumerate(groups.items()):
         for run in members:
             if metric == "ttft":
@@ -292,24 +309,55 @@ def _cdf_figure(runs: list[_Run], metric: str) -> str:
             else:
                 values = run.read("tokens.parquet", ["tbt"])["tbt"].to_numpy(float)
             x, p = _cdf_points(values, MAX_CDF_POINTS)
+            all_values.append(x)
             fig.add_trace(go.Scatter(x=_compact(x), y=_compact(p), name=run.ref.label,
                                      legendgroup=run.ref.label, showlegend=run.ref.label not in shown,
                                      mode="lines",
                                      line=dict(color=run.color, dash=run.dash)),
                           row=i // cols + 1, col=i % cols + 1)
             shown.add(run.ref.label)
-    # TBT spans tens of milliseconds (decodes) to seconds (stalls): a log axis shows both.
-    x_title, x_type = ("TTFT (s)", "linear") if metric == "ttft" else ("TBT (s, log scale)", "log")
-    fig.update_xaxes(title_text=x_title, type=x_type)
+    if metric == "ttft":
+        fig.update_xaxes(title_text="TTFT (s)")
+    else:  # tens of milliseconds (decodes) to seconds (stalls): a log axis shows both
+        fig.update_xaxes(title_text="TBT (log scale)", type="log", **log_time_ticks(all_values))
     fig.update_yaxes(title_text="fraction", range=[0, 1.02])
-    fig.update_layout(template=TEMPLATE, height=380 * rows, legend_title_text="run")
+    fig.update_layout(template=TEMPLATE, height=340 * rows + 60, legend_title_text="run", margin=_margin(True))
     return fig_html(fig)
 
 
+def grid_columns(num_panels: int) -> int:
+    """Columns of a subplot grid, at most 4, chosen so that no row holds a lone panel."""
+    if num_panels <= 3:
+        return max(num_panels, 1)
+    return next(c for c in (3, 2, 4) if num_panels % c != 1)
+
+
+def log_time_ticks(values: list[np.ndarray]) -> dict[str, Any]:
+    """Tick positions 1-2-5 (or 1-3, or 1) per decade over the data, labelled in ms or s ("20 ms", "1.5 s"),
+    instead of plotly's bare mantissas ("2", "5") on a log axis."""
+    data = np.concatenate(values) if values else np.array([])
+    data = data[np.isfinite(data) & (data > 0)]
+    if not len(data):
+        return {}
+    low, high = math.floor(math.log10(data.min())), math.ceil(math.log10(data.max()))
+    for mantissas in ((1, 2, 5), (1, 3), (1,)):  # the finest steps that give a panel <= 8 labels
+        ticks = [m * 10.0 ** e for e in range(low, high + 1) for m in mantissas]
+        ticks = [t for t in ticks if data.min() / 2 <= t <= data.max() * 2]
+        if len(ticks) <= 8:
+            break
+    labels = [f"{t * 1e3:g} ms" if t < 1 else f"{t:g} s" for t in ticks]
+    return {"tickvals": ticks, "ticktext": labels}
+
+
+def _margin(has_titles: bool) -> dict[str, int]:
+    # Plotly reserves 100 px above a figure for a title none of these have: keep room for
+    # subplot titles only.
+    return dict(t=40 if has_titles else 20, b=50, l=70, r=30)
+
+
 def _groups(runs: list[_Run]) -> dict[str, list[_Run]]:
-    order = {"1a": 0, "1b": 1, "": 2}
     groups: dict[str, list[_Run]] = {}
-    for run in sorted(runs, key=lambda r: (order[r.ref.panel], r.ref.qps or 0.0)):
+    for run in sorted(runs, key=lambda r: (_GROUP_ORDER[r.ref.panel], r.ref.qps or 0.0)):
         groups.setdefault(run.group, []).append(run)
     return groups
 
@@ -334,21 +382,33 @@ def _timeline_figure(runs: list[_Run]) -> str:
         thinned = f", {n:,} batches thinned to the first and the most-prompt batch per time bin" \
             if n > MAX_TIMELINE_BATCHES else ""
         titles.append(run.title + thinned)
-    fig = make_subplots(rows=len(chosen), cols=1, subplot_titles=titles, vertical_spacing=0.25 / len(chosen))
+    # Decode batches hold tens of tokens, prompt chunks thousands: each gets its own axis (decode
+    # on the right), or the decodes would be a line on the floor of the prompt spikes.
+    fig = make_subplots(rows=len(chosen), cols=1, subplot_titles=titles, vertical_spacing=0.3 / len(chosen),
+                        specs=[[{"secondary_y": True}] for _ in chosen])
     for i, run in enumerate(chosen):
         t, prompt, decode = _timeline_points(run.read(
             "batches.parquet", ["start", "end", "num_prefill_tokens", "num_decode_tokens"]))
-        # Fill without outlines: where batches are denser than pixels, outlines' vertical strokes
-        # paint over everything, while a bare fill's shade stays proportional to the time it covers.
-        for name, y, color in (("prompt tokens", prompt, _PROMPT_COLOR),
-                               ("decode tokens", decode, _DECODE_COLOR)):
-            fig.add_trace(go.Scatter(x=_compact(t), y=_compact(y), name=name, legendgroup=name,
-                                     showlegend=i == 0, mode="lines", stackgroup=f"run{i}",
-                                     line=dict(shape="hv", color=color, width=0)),
-                          row=i + 1, col=1)
-        fig.update_yaxes(title_text="tokens in batch", row=i + 1, col=1)
+        # Prompt tokens as a fill without outlines: where batches are denser than pixels, outlines'
+        # vertical strokes paint over everything, while a bare fill's shade stays proportional to
+        # the time it covers. Decode tokens as a line over it.
+        fig.add_trace(go.Scatter(x=_compact(t), y=_compact(prompt), name="prompt tokens (left axis)",
+                                 legendgroup="prompt", showlegend=i == 0, mode="lines", fill="tozeroy",
+                                 line=dict(shape="hv", color=_PROMPT_COLOR, width=0)),
+                      row=i + 1, col=1, secondary_y=False)
+        fig.add_trace(go.Scatter(x=_compact(t), y=_compact(decode), name="decode tokens (right axis)",
+                                 legendgroup="decode", showlegend=i == 0, mode="lines",
+                                 line=dict(shape="hv", color=_DECODE_COLOR, width=1)),
+                      row=i + 1, col=1, secondary_y=True)
+        fig.update_yaxes(title_text="prompt tokens", title_font_color=_PROMPT_COLOR, rangemode="tozero",
+                         row=i + 1, col=1, secondary_y=False)
+        # tickmode auto: the template would align these ticks to the left axis' grid (odd values)
+        fig.update_yaxes(title_text="decode tokens", title_font_color=_DECODE_COLOR, rangemode="tozero",
+                         showgrid=False, tickmode="auto", nticks=5, row=i + 1, col=1, secondary_y=True)
     fig.update_xaxes(title_text="time (s)")
-    fig.update_layout(template=TEMPLATE, height=300 * len(chosen) + 80)
+    fig.update_layout(template=TEMPLATE, height=300 * len(chosen) + 100, margin=dict(_margin(True), t=70),
+                      # above the first subplot's title, in the top margin
+                      legend=dict(orientation="h", yref="container", y=1.0, yanchor="top", xanchor="left", x=0.0))
     return fig_html(fig)
 
 
@@ -386,7 +446,7 @@ def runs_section(refs: list[RunRef]) -> str:
 
 def decode_completion_section(refs: list[RunRef]) -> str:
     """Cumulative decode tokens over time, one curve per run, in one figure."""
-    return fig_html(_completion_figure(_load_runs(refs)))
+    return fig_html(_completion_figure({"": _load_runs(refs)}))
 
 
 def cdf_section(refs: list[RunRef], metric: str) -> str:
@@ -427,14 +487,24 @@ def write_sweep_report(run_dirs: list[Path], overrides: list[list[str]], out_pat
     table = html_table(keys + list(metrics) + ["directory"], rows)
 
     charts = ("P99 TBT (s)", "P99 TTFT (s)", "output tokens/s")
-    fig = make_subplots(rows=len(charts), cols=1, shared_xaxes=True, subplot_titles=charts,
-                        vertical_spacing=0.08)
+    # One colour per scheduler, the legend naming it; every panel labels its own bars.
+    schedulers = [str(s.get("scheduler", "?")) for s in summaries]
+    colors = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(dict.fromkeys(schedulers))}
+    fig = make_subplots(rows=len(charts), cols=1, subplot_titles=charts, vertical_spacing=0.45 / len(charts))
     for i, chart in enumerate(charts):
-        values = [metrics[chart](s) for s in summaries]
-        fig.add_trace(go.Bar(x=names, y=values, name=chart, showlegend=False, marker_color=_PALETTE[i],
-                             text=[_format(v) for v in values], textposition="outside"),
-                      row=i + 1, col=1)
-    fig.update_layout(template=TEMPLATE, height=300 * len(charts) + 150)
+        for scheduler, color in colors.items():
+            mine = [j for j, name in enumerate(schedulers) if name == scheduler]
+            values = [metrics[chart](summaries[j]) for j in mine]
+            fig.add_trace(go.Bar(x=[names[j] for j in mine], y=values, name=scheduler, legendgroup=scheduler,
+                                 showlegend=i == 0, marker_color=color, text=[_format(v) for v in values],
+                                 textposition="outside", cliponaxis=False),
+                          row=i + 1, col=1)
+        fig.update_yaxes(title_text=chart, row=i + 1, col=1)
+    # "stack": each run is one bar of one scheduler, so nothing stacks, and no gaps are left
+    # for the other schedulers' bars as "group" would.
+    fig.update_xaxes(categoryorder="array", categoryarray=names, showticklabels=True)
+    fig.update_layout(template=TEMPLATE, height=380 * len(charts) + 80, barmode="stack",
+                      legend_title_text="scheduler", margin=_margin(True))
     return write_page(Path(out_path), title, [
         f"<h1>{html.escape(title)}</h1>", "<h2>Runs</h2>" + table, "<h2>Comparison</h2>" + fig_html(fig)])
 
@@ -494,5 +564,8 @@ def write_page(out_path: Path, title: str, sections: list[str]) -> Path:
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head>\n<body>\n"
         + "\n".join(sections) + "\n</body></html>\n")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(page, encoding="utf-8")
+    # Written beside and renamed over: an interrupted write never leaves half a page.
+    partial = out_path.with_name(f".{out_path.name}.partial")
+    partial.write_text(page, encoding="utf-8")
+    os.replace(partial, out_path)
     return out_path

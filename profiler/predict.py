@@ -33,15 +33,20 @@ def choose_cost_model(config: dict[str, Any]) -> CostModel:
 
 
 def prediction_csv(config: dict[str, Any]) -> str:
-    cost_model = choose_cost_model(config)
-    context = int(config["profiler"]["decode_context"])
+    context = config["profiler"]["decode_context"]
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ValueError(f"profiler.decode_context={context!r} must be a token count >= 1 "
+                         "(the KV length of each decode sequence)")
+    tokens = config["profiler"]["tokens"]
+    if not isinstance(tokens, list) or not tokens:
+        raise ValueError(f"profiler.tokens={tokens!r} must be a non-empty list, e.g. 'profiler.tokens=[1,16,256]'")
     batches = []
-    for n in config["profiler"]["tokens"]:
-        n = int(n)
-        if n < 1:
-            raise ValueError(f"profiler.tokens has {n}; every entry must be a token count >= 1")
+    for i, n in enumerate(tokens):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"profiler.tokens[{i}]={n!r} must be a token count >= 1")
         batches.append(("prefill", n, BatchShape(n, 0, 1, 0, n, n * (n + 1) // 2)))
         batches.append((f"decode@{context}", n, BatchShape(0, n, 0, n * context, 0, 0)))
+    cost_model = choose_cost_model(config)
     columns = {f: [getattr(shape, f) for _, _, shape in batches] for f in BatchShape.FIELDS}
     ops = cost_model.breakdown(columns)
     out = io.StringIO()

@@ -1,6 +1,11 @@
 """`python -m simulator <hydra overrides>`: run one simulation and print its summary."""
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the slow imports below: Ctrl-C during them is one line too
+    from simulator.ctrl_c import exit_quietly_on_ctrl_c
+
+    exit_quietly_on_ctrl_c()
+
 import json
 
 from hydra.core.hydra_config import HydraConfig

@@ -82,7 +82,10 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callabl
 
         @functools.wraps(task)
         def main() -> Any:
-            user_wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+            failures.clear()
+            started.clear()
+            previous = os.environ.get("HYDRA_FULL_ERROR")
+            user_wants_trace = previous == "1"
             os.environ["HYDRA_FULL_ERROR"] = "1"  # hydra then raises instead of printing and exiting
             try:
                 result = hydra_main()
@@ -97,6 +100,11 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callabl
                 key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(sys.argv) else "hydra.run.dir"
                 raise ValueError(f"{key}: cannot create {exc.filename} ({exc.strerror}); run "
                                  f"from a writable directory or set {key}=<dir>") from None
+            finally:
+                if previous is None:
+                    os.environ.pop("HYDRA_FULL_ERROR", None)
+                else:
+                    os.environ["HYDRA_FULL_ERROR"] = previous
             if failures:
                 raise failures[0]
             return result

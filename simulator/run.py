@@ -29,7 +29,7 @@ from .engine import simulate
 from .router import Router
 from .memory import check_memory
 from .outputs import write_run
-from .run_dir import check_output_dir
+from .run_dir import check_output_dir, check_writable
 
 PROGRESS_MIN_REQUESTS = 20_000  # shorter runs finish in a few seconds
 _REQUIRED_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "engine"}
@@ -136,8 +136,9 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
     overwrite = cfg.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise ValueError(f"overwrite={overwrite!r} must be true or false")
-    check_output_dir(out_dir, overwrite)
+    check_writable(out_dir, "output_dir")
     setup = prepare(cfg)
+    check_output_dir(out_dir, overwrite)  # after every config check: overwrite=true removes old outputs
     log(setup.capacity_line)
     num_replicas = setup.cluster["num_replicas"]
     schedulers = [make_scheduler(setup.scheduler_name, setup.scheduler_config, setup.num_blocks)

@@ -22,6 +22,9 @@ ARXIV_SUMMARY_PATH = Path(__file__).with_name("arxiv_summary.json")
 
 def read_length_trace(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The trace's prefill and decode columns as float64 (the reference scales them as floats)."""
+    if path.is_dir():
+        raise TraceFormatError(f"length trace {path} is a directory; pass "
+                               "workload.lengths.path=<csv file>")
     if not path.is_file():
         raise TraceNotFoundError(f"length trace not found: {path}; pass "
                                  f"workload.lengths.path=<csv file> or place the file at {path}")
@@ -40,12 +43,13 @@ def read_length_trace(path: Path) -> tuple[np.ndarray, np.ndarray]:
     columns = []
     for column in (PREFILL_COLUMN, DECODE_COLUMN):
         values = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
-        bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+        # Token counts are whole numbers: 100.5 is a broken file, not a length to truncate.
+        bad = np.flatnonzero(~np.isfinite(values) | (values < 0) | (values != np.floor(values)))
         if bad.size:
             row = int(bad[0])
             # Line = data row + 1 for the header, counted from 1.
             raise TraceFormatError(f"{path}: column {column}, line {row + 2}: "
-                                   f"{table[column].iloc[row]!r} is not a number >= 0; {fix}")
+                                   f"{table[column].iloc[row]!r} is not a whole number >= 0; {fix}")
         columns.append(values)
     return columns[0], columns[1]
 
