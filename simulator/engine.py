@@ -24,11 +24,12 @@ from .router import Router
 
 def simulate(requests: Sequence[Request], schedulers: Scheduler | Sequence[Scheduler],
              batch_time: Callable[[Batch], float], router: Router | None = None,
-             on_progress: Callable[[int], None] | None = None) -> MetricsRecorder:
+             on_progress: Callable[[int], None] | None = None, keep_tokens: bool = True) -> MetricsRecorder:
     """Run all `requests` (ids 0..n-1, sorted by arrival) to completion; returns the recorder.
 
     With several schedulers (one per replica) a `router` assigns each arrival to a replica, and
-    every batch row carries its `replica` index.
+    every batch row carries its `replica` index. `keep_tokens=False`: no token table, only the
+    metrics the summary needs (memory then does not grow with the output tokens).
     """
     replicas = [schedulers] if isinstance(schedulers, Scheduler) else list(schedulers)
     if router is None:
@@ -37,7 +38,8 @@ def simulate(requests: Sequence[Request], schedulers: Scheduler | Sequence[Sched
         router = Router.make("round_robin", 1)
     for scheduler in replicas:  # reject impossible requests before anything runs
         scheduler.check_requests(requests)
-    recorder = MetricsRecorder(requests, compat=replicas[0].config.compat)
+    recorder = MetricsRecorder(requests, compat=replicas[0].config.compat, keep_tokens=keep_tokens,
+                               num_groups=len(replicas))
     record_replica = len(replicas) > 1
     running: list[Batch | None] = [None] * len(replicas)  # the batch each replica is running
     started = [0.0] * len(replicas)

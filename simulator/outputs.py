@@ -2,7 +2,9 @@
 
 Files in a run directory:
 - `requests.csv`   one row per request (times in seconds from the run's start);
-- `tokens.parquet` one row per output token, with its time-between-tokens (TBT);
+- `tokens.parquet` one row per output token, with its time-between-tokens (TBT); not with
+                   `outputs.tokens=false` (the summary's TBT quantiles then stream: exact up to
+                   50 M tokens, else a sketch within 0.1%, as `tbt_quantiles` says);
 - `batches.parquet` one row per iteration: times, shape, KV blocks, cost breakdown (`cost_<op>_s`);
 - `summary.json`   quantiles, throughput, makespan, the conservation check and what produced it;
 - the reference notebooks' files, same names and columns as the Sarathi-Serve artifact:
@@ -46,11 +48,12 @@ def longest_generation_stall(tables: RunTables) -> float:
     stall: a run of prompt-only batches (vLLM admitting prompts) holds every decode back, and
     counts as one stall from the last decode token before it to the first one after it.
     """
-    req, tok = tables.requests, tables.tokens
+    req = tables.requests
     # Under compat reference generation starts when the prompt completes, and every output token
     # is a decode (the iteration that completes a prompt emits none).
     reference = "prompt_done" in req
-    decode_times = np.unique(tok["time"] if reference else tok["time"][tok["token_index"] > 1])
+    decode_times = np.unique(tables.tokens["time"] if reference else
+                             tables.batches["end"][tables.later_tokens > 0])
     if not len(decode_times):
         return 0.0
     first, finish = req["prompt_done" if reference else "first_token"], req["finish"]
@@ -70,7 +73,7 @@ def longest_generation_stall(tables: RunTables) -> float:
 
 
 def summarize(tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
-    req, tok, bat = tables.requests, tables.tokens, tables.batches
+    req, bat = tables.requests, tables.batches
     start = float(req["arrival"].min()) if len(req["arrival"]) else 0.0
     end = float(np.nanmax(req["finish"])) if len(req["finish"]) else 0.0
     makespan = end - start
@@ -79,13 +82,14 @@ def summarize(tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
         "num_requests": int(len(req["request_id"])),
         "num_batches": int(len(bat["start"])),
         "ttft_s": _stats(req["ttft"]),
-        "tbt_s": _stats(tok["tbt"]) if tables.artifact is None else tbt_stats(tables.artifact),
+        "tbt_s": tables.tbt.stats(QUANTILES) if tables.artifact is None else tbt_stats(tables.artifact),
+        "tbt_quantiles": tables.tbt.accuracy if tables.artifact is None else "the artifact's DDSketch",
         "e2e_s": _stats(req["e2e"]),
         "scheduling_delay_s": _stats(req["scheduling_delay"]),
         "longest_generation_stall_s": longest_generation_stall(tables),
         "makespan_s": makespan,
         "throughput": {
-            "output_tokens_per_s": len(tok["time"]) / makespan if makespan > 0 else None,
+            "output_tokens_per_s": tables.conservation["tokens_produced"] / makespan if makespan > 0 else None,
             "requests_per_s": len(req["request_id"]) / makespan if makespan > 0 else None,
         },
         "preemptions": int(req["num_preemptions"].sum()),
@@ -96,17 +100,16 @@ def summarize(tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
 
 def per_replica(tables: RunTables) -> list[dict[str, Any]]:
     """A cluster's load and latency per replica (index = replica), next to the overall figures."""
-    req, tok, bat = tables.requests, tables.tokens, tables.batches
-    token_replica = req["replica"][tok["request_id"]]
+    req, bat = tables.requests, tables.batches
     out = []
     for r in range(int(req["replica"].max()) + 1):
         mine = req["replica"] == r
         out.append({
             "requests": int(mine.sum()),
             "batches": int((bat["replica"] == r).sum()),
-            "output_tokens": int((token_replica == r).sum()),
+            "output_tokens": int(req["decode_len"][mine].sum()),
             "ttft_s": _stats(req["ttft"][mine]),
-            "tbt_s": _stats(tok["tbt"][token_replica == r]),
+            "tbt_s": tables.tbt.stats(QUANTILES, group=r),
             "preemptions": int(req["num_preemptions"][mine].sum()),
         })
     return out
@@ -119,7 +122,8 @@ def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any],
     adds chrome_trace.json (a span per batch, a track per replica)."""
     with staged_dir(out_dir) as out:
         pd.DataFrame(tables.requests).to_csv(out / "requests.csv", index=False)
-        pd.DataFrame(tables.tokens).to_parquet(out / "tokens.parquet", index=False)
+        if tables.tokens is not None:
+            pd.DataFrame(tables.tokens).to_parquet(out / "tokens.parquet", index=False)
         batches = pd.DataFrame(tables.batches)
         batches.to_parquet(out / "batches.parquet", index=False)
         if chrome_trace:
@@ -142,10 +146,8 @@ def _write_reference_files(out: Path, tables: RunTables, meta: dict[str, Any]) -
     pd.DataFrame({"Time (sec)": bat["end"][keep] - origin,
                   "decode_completion": np.cumsum(emitted[keep])}).to_csv(
         out / "decode_completion_time_series.csv", index=False)
-    tbt = tables.tokens["tbt"]
-    tbt = tbt[~np.isnan(tbt)]
     cdf = np.round(np.linspace(0.0, 1.0, 1001), 3)
-    values = np.quantile(tbt, cdf) if len(tbt) else np.full(len(cdf), np.nan)
+    values = tables.tbt.quantiles(cdf)
     pd.DataFrame({"cdf": cdf, "value": values}).to_csv(
         out / "decode_token_execution_plus_preemption_time.csv", index=False)
 

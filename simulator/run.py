@@ -29,7 +29,7 @@ from .engine import simulate
 from .router import Router
 from .memory import check_memory
 from .outputs import write_run
-from .run_dir import check_output_dir, check_writable
+from .run_dir import check_output_dir
 
 PROGRESS_MIN_REQUESTS = 20_000  # shorter runs finish in a few seconds
 _REQUIRED_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "engine"}
@@ -101,9 +101,16 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
                                peak_tokens, sched_config.block_size)
         num_blocks = capacity.num_blocks
         capacity_line = capacity.describe(sched_config.block_size)
+    outputs = {**OUTPUTS_DEFAULTS, **(cfg.get("outputs") or {})}
+    for key, value in outputs.items():
+        if key not in OUTPUTS_DEFAULTS:
+            raise ValueError(f"unknown outputs key {key!r}; known: {sorted(OUTPUTS_DEFAULTS)}")
+        if not isinstance(value, bool):
+            raise ValueError(f"outputs.{key}={value!r} must be true or false")
     data_dir = shared_data_dir(cfg)
     workload = workload_from_config(cfg["workload"], data_dir)
-    check_memory(len(workload), int(workload.decode.sum()))
+    # without the token table (outputs.tokens=false) memory does not grow with the output tokens
+    check_memory(len(workload), int(workload.decode.sum()) if outputs["tokens"] else 0)
     cost_model = cost_model_for(model, cfg["hardware"], tp, cfg.get("cost_model", "auto"), data_dir=data_dir)
     cluster = {**CLUSTER_DEFAULTS, **(cfg.get("cluster") or {})}
     if cluster["seed"] is None:
@@ -115,12 +122,6 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
     if compat == "reference" and cluster["num_replicas"] != 1:
         raise ValueError(f"compat=reference writes the artifact's single-replica files; set "
                          f"cluster.num_replicas=1 (not {cluster['num_replicas']}) or compat=corrected")
-    outputs = {**OUTPUTS_DEFAULTS, **(cfg.get("outputs") or {})}
-    for key, value in outputs.items():
-        if key not in OUTPUTS_DEFAULTS:
-            raise ValueError(f"unknown outputs key {key!r}; known: {sorted(OUTPUTS_DEFAULTS)}")
-        if not isinstance(value, bool):
-            raise ValueError(f"outputs.{key}={value!r} must be true or false")
     return Setup(model, hardware, tp, name, sched_config, num_blocks, capacity_line, workload, cost_model,
                  cluster, outputs)
 
@@ -136,9 +137,8 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
     overwrite = cfg.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise ValueError(f"overwrite={overwrite!r} must be true or false")
-    check_writable(out_dir, "output_dir")
+    check_output_dir(out_dir, overwrite)
     setup = prepare(cfg)
-    check_output_dir(out_dir, overwrite)  # after every config check: overwrite=true removes old outputs
     log(setup.capacity_line)
     num_replicas = setup.cluster["num_replicas"]
     schedulers = [make_scheduler(setup.scheduler_name, setup.scheduler_config, setup.num_blocks)
@@ -150,7 +150,8 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
     # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean
     with tqdm(total=len(requests), desc="requests finished", unit="req", mininterval=0.5,
               disable=None if show else True) as bar:
-        recorder = simulate(requests, schedulers, setup.cost_model.batch_time, router, on_progress=bar.update)
+        recorder = simulate(requests, schedulers, setup.cost_model.batch_time, router, on_progress=bar.update,
+                            keep_tokens=setup.outputs["tokens"])
     tables = recorder.finalize()
     if num_replicas > 1:
         tables.requests["replica"] = np.asarray(router.assigned, dtype=np.int64)

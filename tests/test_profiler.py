@@ -176,7 +176,7 @@ def test_all_reduce_timed_across_processes():
 
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA-event timing and "
-                               "the Triton attention kernel run only there (profiler/gpu_session.sh measures the "
+                               "the Triton attention kernel run only there (backend/gpu_procedure.sh measures the "
                                "shipped profile)")
 
 

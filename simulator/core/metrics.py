@@ -2,7 +2,8 @@
 
 An engine calls `MetricsRecorder.on_batch` once per iteration with what the scheduler reported.
 Recording is cheap (appends to flat lists: it runs once per batch on the simulator's hot path);
-all tables are built at the end with numpy:
+every few million tokens the lists are folded into numpy (`token_stream.py`), so memory grows
+with the tokens only when the token table is kept (`keep_tokens`). The tables are built with numpy:
 
 - requests: arrival, first scheduled, first token, finish, TTFT, end-to-end, scheduling delay,
   preemptions, and the longest gap between two of its tokens;
@@ -30,9 +31,14 @@ import numpy as np
 
 from .artifact_metrics import ArtifactMetrics, BatchEvents, artifact_metrics
 from .batch import Batch, BatchShape
+from .distribution import Distribution, distribution_for
 from .request import Request
+from .token_stream import TokenStream
 
 _request_id = operator.attrgetter("id")
+FOLD_TOKENS = 1 << 21     # fold the pending tokens into numpy past this many (about 40 MB of lists)
+FOLD_BATCHES = 1 << 16    # ... or past this many batches
+EXACT_MAX_TBT_VALUES = 50_000_000  # exact TBT quantiles up to this many tokens (400 MB), else a sketch
 
 
 class ConservationError(RuntimeError):
@@ -46,10 +52,15 @@ class RunTables:
     batches: dict[str, np.ndarray]
     conservation: dict
     artifact: ArtifactMetrics | None = None  # compat reference only
+    tbt: Distribution | None = None           # every token's TBT, per replica and overall
+    later_tokens: np.ndarray | None = None    # per batch: tokens it emitted that were not a first token
 
 
 class MetricsRecorder:
-    def __init__(self, requests: Sequence[Request], compat: str = "corrected"):
+    def __init__(self, requests: Sequence[Request], compat: str = "corrected", keep_tokens: bool = True,
+                 num_groups: int = 1):
+        """`keep_tokens`: build the token table (else only what the summary needs); `num_groups`:
+        how many replicas record batches (each passes its index as the `replica` extra)."""
         self.requests = list(requests)
         if [r.id for r in self.requests] != list(range(len(self.requests))):
             raise ValueError("request ids must be 0..n-1 in list order")
@@ -61,7 +72,14 @@ class MetricsRecorder:
         self._tokens_per_batch: list[int] = []
         self._batch_rows: list[tuple] = []
         self._extras: dict[str, list[float]] = {}
+        self._folded: list[dict[str, np.ndarray]] = []  # batch-table chunks
+        self._later_tokens: list[np.ndarray] = []
         self.reference = compat == "reference"
+        expected_tokens = sum(r.decode_len for r in self.requests)
+        self.tokens = TokenStream(n, distribution_for(expected_tokens, EXACT_MAX_TBT_VALUES, num_groups),
+                                  keep_rows=keep_tokens or self.reference)
+        # the artifact's metrics read the whole token list (reference runs are one small replica)
+        self._fold_tokens = float("inf") if self.reference else FOLD_TOKENS
         self.ignored = np.zeros(n, dtype=bool)
         self.tokens_before_preemption = np.zeros(n, dtype=np.int64)  # at its last preemption
         self.events = BatchEvents() if self.reference else None
@@ -85,6 +103,27 @@ class MetricsRecorder:
             for req in batch.preempted:
                 self.tokens_before_preemption[req.id] = req.generated
             self.events.on_batch(batch, len(self._batch_rows) - 1)
+        elif len(self._token_ids) >= self._fold_tokens or len(self._batch_rows) >= FOLD_BATCHES:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Move the pending batches and tokens into numpy: a batch-table chunk and the token stream."""
+        names = ("start", "end") + BatchShape.FIELDS + ("kv_blocks_in_use", "num_preempted")
+        rows = np.array(self._batch_rows, dtype=np.float64).reshape(-1, len(names))
+        chunk = {name: rows[:, i] if i < 2 else rows[:, i].astype(np.int64) for i, name in enumerate(names)}
+        per_batch = np.asarray(self._tokens_per_batch, dtype=np.int64)
+        chunk["num_emitted_tokens"] = per_batch
+        for key, values in self._extras.items():
+            chunk[key] = np.asarray(values, dtype=np.float64)
+        group = chunk.get("replica")
+        later = self.tokens.add(np.asarray(self._token_ids, dtype=np.int64), np.repeat(chunk["end"], per_batch),
+                                None if group is None else np.repeat(group.astype(np.int64), per_batch))
+        batch_of_token = np.repeat(np.arange(len(per_batch)), per_batch)
+        self._later_tokens.append(np.bincount(batch_of_token, weights=later, minlength=len(per_batch)).astype(np.int64))
+        self._folded.append(chunk)
+        if not self.reference:  # the artifact's metrics index the whole lists
+            self._token_ids, self._tokens_per_batch, self._batch_rows = [], [], []
+            self._extras = {key: [] for key in self._extras}
 
     def on_ignored(self, requests: Sequence[Request], now: float) -> None:
         """Requests a scheduler dropped at `now` (compat reference: longer than max_model_len)."""
@@ -95,55 +134,40 @@ class MetricsRecorder:
 
     # ---- tables ------------------------------------------------------------------------------------
     def finalize(self) -> RunTables:
+        """The tables; `tokens` is None when the recorder was told not to keep them."""
+        if self._batch_rows or not self._folded:
+            self._fold()
         batches = self._batch_table()
-        tokens = self._token_table(batches["end"])
-        requests = self._request_table(tokens)
-        conservation = self._conservation(tokens)
+        tokens = self.tokens.rows() if self.tokens.keep_rows else None
+        requests = self._request_table()
+        conservation = self._conservation()
+        later = np.concatenate(self._later_tokens)
         if self.events is None:
-            return RunTables(requests, tokens, batches, conservation)
+            return RunTables(requests, tokens, batches, conservation, tbt=self.tokens.tbt, later_tokens=later)
         requests["ignored"] = self.ignored.copy()
         artifact = artifact_metrics(requests, batches, self.events, np.asarray(self._token_ids, dtype=np.int64))
         requests["prompt_done"] = artifact.prompt_done
         requests["ttft"] = artifact.prompt_done - requests["arrival"]
-        return RunTables(requests, tokens, batches, conservation, artifact)
+        return RunTables(requests, tokens, batches, conservation, artifact, tbt=self.tokens.tbt, later_tokens=later)
 
     def _batch_table(self) -> dict[str, np.ndarray]:
-        names = ("start", "end") + BatchShape.FIELDS + ("kv_blocks_in_use", "num_preempted")
-        rows = np.array(self._batch_rows, dtype=np.float64).reshape(-1, len(names))
-        table = {name: rows[:, i] if i < 2 else rows[:, i].astype(np.int64) for i, name in enumerate(names)}
-        table["batch_id"] = np.arange(len(rows))
+        table = {key: np.concatenate([chunk[key] for chunk in self._folded]) for key in self._folded[-1]}
+        self._folded = []  # finalize runs once: the chunks' memory goes back now
+        extras = {key: table.pop(key) for key in self._extras}
+        table["batch_id"] = np.arange(len(table["start"]))
         table["duration"] = table["end"] - table["start"]
         table["batch_size"] = table["num_decode_tokens"] + table["num_prefills"]
         table["num_tokens"] = table["num_prefill_tokens"] + table["num_decode_tokens"]
-        table["num_emitted_tokens"] = np.asarray(self._tokens_per_batch, dtype=np.int64)
-        for key, values in self._extras.items():
-            table[key] = np.asarray(values, dtype=np.float64)
+        table["num_emitted_tokens"] = table.pop("num_emitted_tokens")  # the column order of the files
+        table.update(extras)
         return table
 
-    def _token_table(self, batch_end: np.ndarray) -> dict[str, np.ndarray]:
-        ids = np.asarray(self._token_ids, dtype=np.int64)
-        times = np.repeat(batch_end, np.asarray(self._tokens_per_batch, dtype=np.int64))
-        order = np.argsort(ids, kind="stable")  # per request, tokens stay in time order
-        ids, times = ids[order], times[order]
-        first = np.ones(len(ids), dtype=bool)
-        first[1:] = ids[1:] != ids[:-1]
-        starts = np.flatnonzero(first)
-        index = np.arange(len(ids)) - np.repeat(starts, np.diff(np.append(starts, len(ids)))) + 1
-        tbt = np.full(len(ids), np.nan)
-        tbt[1:] = np.diff(times)
-        tbt[first] = np.nan
-        return {"request_id": ids, "token_index": index, "time": times, "tbt": tbt}
-
-    def _request_table(self, tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _request_table(self) -> dict[str, np.ndarray]:
         reqs = self.requests
         n = len(reqs)
         arrival = np.array([r.arrival for r in reqs], dtype=np.float64)
-        first_token = np.full(n, np.nan)
-        is_first = tokens["token_index"] == 1
-        first_token[tokens["request_id"][is_first]] = tokens["time"][is_first]
-        max_tbt = np.full(n, np.nan)
-        has_tbt = ~np.isnan(tokens["tbt"])
-        np.fmax.at(max_tbt, tokens["request_id"][has_tbt], tokens["tbt"][has_tbt])
+        first_token = self.tokens.first_token
+        max_tbt = self.tokens.max_tbt
         return {
             "request_id": np.arange(n),
             "arrival": arrival,
@@ -159,11 +183,11 @@ class MetricsRecorder:
             "max_tbt": max_tbt,
         }
 
-    def _conservation(self, tokens: dict[str, np.ndarray]) -> dict:
+    def _conservation(self) -> dict:
         n = len(self.requests)
         decode_len = np.array([r.decode_len for r in self.requests], dtype=np.int64)
         expected = self.tokens_before_preemption + np.where(self.ignored, 0, decode_len)
-        produced = np.bincount(tokens["request_id"], minlength=n)
+        produced = self.tokens.count
         finished_once = int((self.finish_count == 1).sum())
         result = {
             "requests": n,

@@ -1,0 +1,119 @@
+"""A distribution of many values (the time between tokens), per group and overall, built chunk by
+chunk: exact where the values fit in memory, else a log-bucket sketch with a stated accuracy.
+
+- `ExactDistribution` keeps every value: quantiles are numpy's (linear interpolation).
+- `SketchDistribution` counts values in log-linear buckets (512 per octave); a quantile is the
+  midpoint of the bucket holding the order statistic numpy's interpolation starts from, so it is
+  within 0.098% (relative) of it -- as fine as the reference artifact's DDSketch (0.1%).
+  Values below `MIN_VALUE` (or above `MAX_VALUE`) count in its bucket.
+Count, mean and maximum are exact in both.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MIN_VALUE = 1e-6      # seconds: far below any modelled iteration
+MAX_VALUE = 1e6       # seconds: eleven days
+MANTISSA_BITS = 9                 # 512 buckets per octave: half a bucket is at most 2^-10 = 0.098%
+_SHIFT = 52 - MANTISSA_BITS
+RELATIVE_ACCURACY = 2.0 ** -(MANTISSA_BITS + 1)
+
+
+def _bucket(values: np.ndarray) -> np.ndarray:
+    """Positive float64s -> bucket numbers, increasing with the value."""
+    return np.ascontiguousarray(values, dtype=np.float64).view(np.int64) >> _SHIFT
+
+
+class Distribution:
+    def __init__(self, num_groups: int = 1):
+        self.num_groups = num_groups
+        self.count = np.zeros(num_groups, dtype=np.int64)
+        self.total = np.zeros(num_groups, dtype=np.float64)
+        self.max = np.full(num_groups, -np.inf)
+
+    def add(self, values: np.ndarray, groups: np.ndarray | None = None) -> None:
+        """Add finite `values`; `groups[i]` (0..num_groups-1) is value i's group, all 0 if None."""
+        if not len(values):
+            return
+        if groups is None:
+            groups = np.zeros(len(values), dtype=np.int64)
+        self.count += np.bincount(groups, minlength=self.num_groups)
+        self.total += np.bincount(groups, weights=values, minlength=self.num_groups)
+        np.maximum.at(self.max, groups, values)
+        self._add(values, groups)
+
+    def _add(self, values: np.ndarray, groups: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def quantiles(self, qs: np.ndarray, group: int | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def stats(self, quantiles: dict[str, float], group: int | None = None) -> dict[str, float | None]:
+        """count, the named quantiles, mean and max of one group (None: every value)."""
+        count = int(self.count.sum() if group is None else self.count[group])
+        if not count:
+            return {"count": 0, **{k: None for k in quantiles}, "mean": None, "max": None}
+        values = self.quantiles(np.array(list(quantiles.values())), group)
+        total = self.total.sum() if group is None else self.total[group]
+        top = self.max.max() if group is None else self.max[group]
+        return {"count": count, **{k: float(v) for k, v in zip(quantiles, values)},
+                "mean": float(total / count), "max": float(top)}
+
+
+class ExactDistribution(Distribution):
+    accuracy = "exact"
+
+    def __init__(self, num_groups: int = 1):
+        super().__init__(num_groups)
+        self._values: list[np.ndarray] = []
+        self._groups: list[np.ndarray] = []
+
+    def _add(self, values: np.ndarray, groups: np.ndarray) -> None:
+        self._values.append(values)
+        if self.num_groups > 1:
+            self._groups.append(groups)
+
+    def values(self, group: int | None = None) -> np.ndarray:
+        if len(self._values) > 1:  # one array from here on: later calls pay nothing
+            self._values = [np.concatenate(self._values)]
+            if self._groups:
+                self._groups = [np.concatenate(self._groups)]
+        values = self._values[0] if self._values else np.empty(0)
+        return values if group is None else values[self._groups[0] == group]
+
+    def quantiles(self, qs: np.ndarray, group: int | None = None) -> np.ndarray:
+        values = self.values(group)
+        return np.quantile(values, qs) if len(values) else np.full(len(qs), np.nan)
+
+
+class SketchDistribution(Distribution):
+    """Counts per bucket; a bucket is an octave [2^e, 2^(e+1)) cut into 2^MANTISSA_BITS equal
+    parts, read straight from a float's bits (as HDR histograms do): one shift per value."""
+    accuracy = f"sketch: each quantile within {RELATIVE_ACCURACY:.2%} (relative) of an exact order statistic"
+
+    def __init__(self, num_groups: int = 1):
+        super().__init__(num_groups)
+        self._first = _bucket(np.array([MIN_VALUE]))[0]
+        self.num_buckets = int(_bucket(np.array([MAX_VALUE]))[0] - self._first + 1)
+        self.buckets = np.zeros((num_groups, self.num_buckets), dtype=np.int64)
+
+    def _add(self, values: np.ndarray, groups: np.ndarray) -> None:
+        flat = groups * self.num_buckets + (_bucket(np.clip(values, MIN_VALUE, MAX_VALUE)) - self._first)
+        self.buckets += np.bincount(flat, minlength=self.buckets.size).reshape(self.buckets.shape)
+
+    def quantiles(self, qs: np.ndarray, group: int | None = None) -> np.ndarray:
+        counts = self.buckets.sum(axis=0) if group is None else self.buckets[group]
+        total = counts.sum()
+        if not total:
+            return np.full(len(qs), np.nan)
+        # the bucket of the order statistic of rank floor(q (n - 1)), where numpy's interpolation starts
+        ranks = np.floor(np.asarray(qs) * (total - 1))
+        bucket = np.searchsorted(np.cumsum(counts), ranks, side="right") + self._first
+        low = (bucket << _SHIFT).view(np.float64)
+        high = ((bucket + 1) << _SHIFT).view(np.float64)
+        return (low + high) / 2
+
+
+def distribution_for(num_values: int, max_exact: int, num_groups: int = 1) -> Distribution:
+    """Exact when `num_values` values fit under `max_exact`, else the sketch."""
+    return ExactDistribution(num_groups) if num_values <= max_exact else SketchDistribution(num_groups)
