@@ -295,7 +295,8 @@ def replayed_attention_batches(scheduler: str) -> list:
     from simulator.run import make_requests, prepare
     from tests.test_simulator import compose_config
 
-    config = compose_config("validate", [], Path("/nonexistent"))
+    # The analytical clock paces the replay: what matters is the mix of batch shapes it yields.
+    config = compose_config("validate", ["cost_model=analytical"], Path("/nonexistent"))
     (pair,) = [p for p in plan_pairs(config) if p.scheduler == scheduler]
     setup = prepare(pair.sim_cfg)
     metas = []
