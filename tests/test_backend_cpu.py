@@ -281,3 +281,72 @@ def test_gpu_bf16_model_matches_fp32_dense_and_sizes_kv_cache():
     sched_cfg = SchedulerConfig(max_model_len=256, chunk_size=64, block_size=16)
     executor = build_executor(RunnerConfig(TINY, gpu_memory_utilization=0.1), "sarathi", sched_cfg)
     assert executor.num_blocks > 1000 and executor.kv_note.startswith("measured")
+
+
+class FakeGpu:
+    """A GPU clock for the spin calibration: cycles run at 0.6 GHz until the GPU has done 50 ms of
+    work, then at 1.98 GHz (as a GPU leaves its idle clocks). Events and `_sleep` follow it."""
+    IDLE_HZ, BOOST_HZ, RAMP_S = 0.6e9, 1.98e9, 0.05
+
+    def __init__(self):
+        self.now = self.busy = 0.0
+
+    def run(self, seconds: float) -> None:
+        self.now += seconds
+        self.busy += seconds
+
+    def sleep(self, cycles: int) -> None:
+        self.run(cycles / (self.BOOST_HZ if self.busy >= self.RAMP_S else self.IDLE_HZ))
+
+    def event(self, **_):
+        gpu = self
+
+        class Event:
+            def record(self):
+                self.t = gpu.now
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, end):
+                return (end.t - self.t) * 1e3
+        return Event()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    import contextlib
+
+    from backend import spin
+
+    gpu = FakeGpu()
+    monkeypatch.setattr(torch.cuda, "Event", gpu.event)
+    monkeypatch.setattr(torch.cuda, "_sleep", gpu.sleep)
+    monkeypatch.setattr(torch.cuda, "device", lambda _: contextlib.nullcontext())
+    monkeypatch.setattr(spin, "_gemms", lambda device: lambda: gpu.run(0.004))  # 4 ms of GEMMs
+    spin.calibration.cache_clear()
+    yield gpu
+    spin.calibration.cache_clear()
+
+
+def test_spin_is_calibrated_at_working_clocks(fake_gpu, monkeypatch):
+    from backend import spin
+
+    rate = spin.calibration(0)
+    assert rate.warmup_s >= 0.1 and rate.cycles_per_second == pytest.approx(FakeGpu.BOOST_HZ)
+    before = fake_gpu.now
+    spin.spin(torch.device("cuda", 0), 0.002)
+    assert fake_gpu.now - before == pytest.approx(0.002), "a spin lasts what it was asked at working clocks"
+    # Calibrated without the warm-up on a GPU fresh from idle, the rate is the idle clock's and
+    # every spin afterwards 3.3x too short.
+    spin.calibration.cache_clear()
+    fake_gpu.busy = 0.0
+    monkeypatch.setattr(spin, "WARMUP_S", 0.0)
+    assert spin.calibration(0).cycles_per_second < FakeGpu.BOOST_HZ / 2
+
+
+def test_timer_lead_covers_the_last_launch_within_bounds():
+    from backend.runner import MAX_LEAD_S, MIN_LEAD_S, lead_seconds
+
+    assert lead_seconds(0.010) == pytest.approx(0.0125)
+    assert lead_seconds(0.0) == MIN_LEAD_S and lead_seconds(10.0) == MAX_LEAD_S

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch", reason="real mode needs torch (pip install -e '.[cpu]')")
@@ -29,6 +30,11 @@ def test_fig1_real_mode_on_cpu_writes_the_simulators_files(tmp_path):
         assert "emulated" in summary["executor"], "tp=2 on one CPU must say it is emulated"
         on_disk = json.loads((ref.run_dir / "summary.json").read_text())
         assert on_disk["tbt_s"]["count"] == 4 * 4  # 4 requests x (5 tokens - the first)
+        # What the timers measured is said, and there is no GPU spin to calibrate on the CPU.
+        assert "gpu_time = the forward on the CPU" in on_disk["timing"] and on_disk["gpu_spin"] is None
+        batches = pd.read_parquet(ref.run_dir / "batches.parquet")
+        assert (batches["launch_time"] == 0).all() and (batches["lead_time"] == 0).all()
+        assert (batches["cpu_time"] > 0).all() and (batches["gpu_time"] > 0).all()
     report = write_fig1_report([ref for ref, _ in plans], tmp_path / "r.html", "real on cpu", ["tiny"])
     assert report.stat().st_size > 0
 
