@@ -221,15 +221,14 @@ class Scheduler:
                 partial.append(req)
                 continue
             context = req.prompt_len + req.generated
-            needs_block = context > len(req.blocks) * block_size
-            if needs_block or (not free and strict):
+            if context > len(req.blocks) * block_size or (strict and not free):
                 while not free and end > i:
                     end -= 1
                     self._preempt(running[end], batch)
                 if not free:
                     self._preempt(req, batch)
                     continue
-                if needs_block:
+                if context > len(req.blocks) * block_size:  # recomputed here to keep the common path lean
                     req.blocks.append(free.pop())
             decodes.append(req)
             kv_tokens += context
