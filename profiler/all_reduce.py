@@ -164,7 +164,7 @@ def curves_block(spec: AllReduceSpec, data_dir: Path, command: str) -> str:
              f"  collective: {spec.collective}  # what the table measures: all_reduce, or send_recv "
              "(the all-reduce is then derived, profiler/all_reduce.py)",
              f"  # Written by `{command}`:",
-             "  # per GPU count, [bytes, microseconds] knots of the table's median time per size, made",
+             "  # per GPU count, bytes:microseconds knots of the table's median time per size, made",
              "  # non-decreasing; interpolated log-log they are within 2% of it at every measured size,",
              "  # so runs with and without ../shared give the same numbers.",
              "  curves:"]
@@ -175,19 +175,19 @@ def curves_block(spec: AllReduceSpec, data_dir: Path, command: str) -> str:
         worst = np.abs(written.seconds(nbytes) / seconds - 1).max()
         lines.append(f"    - num_workers: {workers}  # {len(points)} knots, worst {worst:.1%} off the "
                      f"table's {len(nbytes)} sizes")
-        lines.extend(_wrapped("      points: [", [f"[{b}, {t:g}]" for b, t in points], "        "))
+        lines.extend(_wrapped("      points: >-", [f"{b}:{t:g}" for b, t in points], "        "))
     return "\n".join(lines) + "\n"
 
 
 def _wrapped(head: str, items: list[str], indent: str, width: int = 110) -> list[str]:
-    lines, line = [], head
-    for i, item in enumerate(items):
-        piece = item + ("]" if i == len(items) - 1 else ", ")
-        if len(line) + len(piece.rstrip()) > width:
+    """`head`, then `items` separated by spaces on lines of `indent` (a folded yaml scalar)."""
+    lines, line = [head], indent
+    for item in items:
+        if line != indent and len(line) + len(item) > width:
             lines.append(line.rstrip())
             line = indent
-        line += piece
-    return [*lines, line]
+        line += item + " "
+    return [*lines, line.rstrip()]
 
 
 def rewrite_yaml(hardware_yaml: Path, data_dir: Path) -> str:
@@ -195,7 +195,9 @@ def rewrite_yaml(hardware_yaml: Path, data_dir: Path) -> str:
     `curves_block`; everything else in the file stays as it is. Returns the new section."""
     from omegaconf import OmegaConf  # only this command-line tool reads yaml itself
 
-    spec = HardwareSpec.from_config(OmegaConf.to_container(OmegaConf.load(hardware_yaml))).all_reduce
+    config = OmegaConf.to_container(OmegaConf.load(hardware_yaml))
+    config["all_reduce"].pop("curves", None)  # replaced, so an outdated or broken one does not matter
+    spec = HardwareSpec.from_config(config).all_reduce
     if spec.table is None or not (data_dir / spec.table).is_file():
         raise SystemExit(f"{hardware_yaml}: hardware.all_reduce.table={spec.table!r} not found in {data_dir}; "
                          "set it to a measured table there or pass --data-dir")

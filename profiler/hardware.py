@@ -90,7 +90,7 @@ class HardwareSpec:
         table = a.optional_string("table", "a file inside the shared data dir, or null")
         collective = a.choice("collective", TABLE_COLLECTIVES)
         curves = tuple(_all_reduce_curve(entry) for entry in a.entries(
-            "curves", "{num_workers, points: [[bytes, microseconds], ...]} (python -m profiler.all_reduce writes them)"))
+            "curves", "{num_workers, points: 'bytes:microseconds ...'} (python -m profiler.all_reduce writes them)"))
         workers = [c.num_workers for c in curves]
         if len(set(workers)) != len(workers):
             raise ValueError(f"hardware.all_reduce.curves={workers} lists a num_workers twice; "
@@ -106,20 +106,21 @@ class HardwareSpec:
 
 def _all_reduce_curve(r: "_Reader") -> AllReduceCurve:
     workers = r.integer("num_workers", 2, "the GPU count the curve was measured for (1 GPU needs none)")
-    points = r.cfg.get("points")
-    r.seen.add("points")
+    # One string of space-separated `bytes:microseconds` pairs, not a yaml list: every config
+    # composition loads each hardware yaml, and yaml and omegaconf take ~1 ms per list element.
+    points = r.string("points", "the knots, 'bytes:microseconds' pairs separated by spaces")
     fix = "regenerate it with `python -m profiler.all_reduce conf/hardware/<name>.yaml`"
-    pairs_ok = isinstance(points, Sequence) and not isinstance(points, str) and len(points) >= 2 and all(
-        isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in p) for p in points)
-    if not pairs_ok:
-        raise ValueError(f"{r.where}.points must list at least two [bytes, microseconds] pairs of positive "
-                         f"numbers; {fix}")
-    nbytes, micros = zip(*points)
+    try:
+        nbytes, micros = zip(*((float(b), float(t)) for b, t in (pair.split(":") for pair in points.split())))
+    except ValueError:
+        nbytes = micros = ()
+    if len(nbytes) < 2 or min(nbytes + micros) <= 0:
+        raise ValueError(f"{r.where}.points must hold at least two 'bytes:microseconds' pairs of positive "
+                         f"numbers, separated by spaces; {fix}")
     if any(b2 <= b1 for b1, b2 in zip(nbytes, nbytes[1:])) or any(t2 < t1 for t1, t2 in zip(micros, micros[1:])):
         raise ValueError(f"{r.where}.points must grow in bytes and never fall in time; {fix}")
     r.no_extra()
-    return AllReduceCurve(workers, tuple(float(b) for b in nbytes), tuple(t * 1e-6 for t in micros))
+    return AllReduceCurve(workers, nbytes, tuple(t * 1e-6 for t in micros))
 
 
 class _Reader:

@@ -140,3 +140,18 @@ def test_ring_derivation_against_measured_all_reduce(topology, median_error):
     nbytes, seconds = read_table(NETWORK / topology / "all_reduce.csv.gz", "all_reduce")[2]
     error = AllReduceModel("ring", *ring).seconds(nbytes) / seconds - 1
     assert np.median(error) == pytest.approx(median_error, abs=0.005)
+
+
+@pytest.mark.parametrize("points, expected", [
+    ("2048:7", "must hold at least two 'bytes:microseconds' pairs"),
+    ("2048:7 4096", "must hold at least two 'bytes:microseconds' pairs"),
+    ("2048:7 4096:-1", "must hold at least two 'bytes:microseconds' pairs"),
+    ("4096:7 2048:8", "must grow in bytes and never fall in time"),
+    ("2048:9 4096:8", "must grow in bytes and never fall in time"),
+])
+def test_bad_committed_curve_is_a_one_line_error(points, expected):
+    config = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "hardware" / "a100_80gb_pcie_nvlink.yaml"))
+    config["all_reduce"]["curves"] = [{"num_workers": 2, "points": points}]
+    with pytest.raises(ValueError) as err:
+        HardwareSpec.from_config(config)
+    assert str(err.value).startswith(f"hardware.all_reduce.curves[0].points {expected}") and "\n" not in str(err.value)

@@ -179,7 +179,7 @@ _DELETE = object()
     ("cpu_overhead_ms", True, "hardware.cpu_overhead_ms=True must be a number >= 0"),
     ("efficiency.tensor", 0.9, "hardware.efficiency.tensor=0.9 is not a known key"),
     ("clock_mhz", 1410, "hardware.clock_mhz=1410 is not a known key"),
-    ("all_reduce.curves", [{"num_workers": 1, "points": [[2048, 7], [4096, 8]]}],
+    ("all_reduce.curves", [{"num_workers": 1, "points": "2048:7 4096:8"}],
      "hardware.all_reduce.curves[0].num_workers=1 must be an integer >= 2"),
     ("all_reduce.table", 7, "hardware.all_reduce.table=7 must be a non-empty string or null"),
 ])
