@@ -24,12 +24,13 @@ from .router import Router
 
 def simulate(requests: Sequence[Request], schedulers: Scheduler | Sequence[Scheduler],
              batch_time: Callable[[Batch], float], router: Router | None = None,
-             on_progress: Callable[[int], None] | None = None, keep_tokens: bool = True) -> MetricsRecorder:
+             on_progress: Callable[[int], None] | None = None, keep_tokens: bool = True,
+             keep_batches: bool = True) -> MetricsRecorder:
     """Run all `requests` (ids 0..n-1, sorted by arrival) to completion; returns the recorder.
 
     With several schedulers (one per replica) a `router` assigns each arrival to a replica, and
-    every batch row carries its `replica` index. `keep_tokens=False`: no token table, only the
-    metrics the summary needs (memory then does not grow with the output tokens).
+    every batch row carries its `replica` index. `keep_tokens=False`, `keep_batches=False`: no
+    token or batch table, only what the summary needs (memory then grows far slower).
     """
     replicas = [schedulers] if isinstance(schedulers, Scheduler) else list(schedulers)
     if router is None:
@@ -39,7 +40,7 @@ def simulate(requests: Sequence[Request], schedulers: Scheduler | Sequence[Sched
     for scheduler in replicas:  # reject impossible requests before anything runs
         scheduler.check_requests(requests)
     recorder = MetricsRecorder(requests, compat=replicas[0].config.compat, keep_tokens=keep_tokens,
-                               num_groups=len(replicas))
+                               keep_batches=keep_batches, num_groups=len(replicas))
     record_replica = len(replicas) > 1
     running: list[Batch | None] = [None] * len(replicas)  # the batch each replica is running
     started = [0.0] * len(replicas)

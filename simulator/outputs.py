@@ -6,6 +6,7 @@ Files in a run directory:
                    `outputs.tokens=false` (the summary's TBT quantiles then stream: exact up to
                    50 M tokens, else a sketch within 0.1%, as `tbt_quantiles` says);
 - `batches.parquet` one row per iteration: times, shape, KV blocks, cost breakdown (`cost_<op>_s`);
+                   not with `outputs.batches=false`;
 - `summary.json`   quantiles, throughput, makespan, the conservation check and what produced it;
 - the reference notebooks' files, same names and columns as the Sarathi-Serve artifact:
   `decode_completion_time_series.csv` ("Time (sec)", cumulative "decode_completion") and
@@ -80,7 +81,7 @@ def summarize(tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
     return {
         **meta,
         "num_requests": int(len(req["request_id"])),
-        "num_batches": int(len(bat["start"])),
+        "num_batches": int(len(bat["end"])),
         "ttft_s": _stats(req["ttft"]),
         "tbt_s": tables.tbt.stats(QUANTILES) if tables.artifact is None else tbt_stats(tables.artifact),
         "tbt_quantiles": tables.tbt.accuracy if tables.artifact is None else "the artifact's DDSketch",
@@ -116,18 +117,20 @@ def per_replica(tables: RunTables) -> list[dict[str, Any]]:
 
 
 def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any],
-              chrome_trace: bool = False) -> dict[str, Any]:
+              chrome_trace: bool = False, batches: bool = True) -> dict[str, Any]:
     """Write every file of a run; returns the summary (also in summary.json). The files appear in
     `out_dir` only once all are written, summary.json last (simulator/run_dir.py). `chrome_trace`
-    adds chrome_trace.json (a span per batch, a track per replica)."""
+    adds chrome_trace.json (a span per batch, a track per replica); `batches=False` leaves out
+    batches.parquet (the recorder then kept only the summary's columns)."""
     with staged_dir(out_dir) as out:
         pd.DataFrame(tables.requests).to_csv(out / "requests.csv", index=False)
         if tables.tokens is not None:
             pd.DataFrame(tables.tokens).to_parquet(out / "tokens.parquet", index=False)
-        batches = pd.DataFrame(tables.batches)
-        batches.to_parquet(out / "batches.parquet", index=False)
-        if chrome_trace:
-            write_chrome_trace(batches, out / "chrome_trace.json")
+        if batches:
+            table = pd.DataFrame(tables.batches)
+            table.to_parquet(out / "batches.parquet", index=False)
+            if chrome_trace:
+                write_chrome_trace(table, out / "chrome_trace.json")
         _write_reference_files(out, tables, meta)
         summary = summarize(tables, meta)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

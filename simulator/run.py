@@ -36,7 +36,7 @@ _REQUIRED_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "eng
 _TOP_KEYS = {*_REQUIRED_KEYS, "overwrite", "cost_model",
              "cluster", "outputs", "shared_data_dir", "output_dir", "compat"}
 CLUSTER_DEFAULTS = {"num_replicas": 1, "router": "round_robin", "seed": 0}
-OUTPUTS_DEFAULTS = {"tokens": True, "chrome_trace": False}
+OUTPUTS_DEFAULTS = {"tokens": True, "batches": True, "chrome_trace": False}
 
 
 @dataclass
@@ -107,6 +107,8 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
             raise ValueError(f"unknown outputs key {key!r}; known: {sorted(OUTPUTS_DEFAULTS)}")
         if not isinstance(value, bool):
             raise ValueError(f"outputs.{key}={value!r} must be true or false")
+    if outputs["chrome_trace"] and not outputs["batches"]:
+        raise ValueError("outputs.chrome_trace=true draws the batch table: set outputs.batches=true too")
     data_dir = shared_data_dir(cfg)
     workload = workload_from_config(cfg["workload"], data_dir)
     # without the token table (outputs.tokens=false) memory does not grow with the output tokens
@@ -151,13 +153,14 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
     with tqdm(total=len(requests), desc="requests finished", unit="req", mininterval=0.5,
               disable=None if show else True) as bar:
         recorder = simulate(requests, schedulers, setup.cost_model.batch_time, router, on_progress=bar.update,
-                            keep_tokens=setup.outputs["tokens"])
+                            keep_tokens=setup.outputs["tokens"], keep_batches=setup.outputs["batches"])
     tables = recorder.finalize()
     if num_replicas > 1:
         tables.requests["replica"] = np.asarray(router.assigned, dtype=np.int64)
         tables.batches["replica"] = tables.batches["replica"].astype(np.int64)
-    breakdown = setup.cost_model.breakdown(tables.batches)
-    tables.batches.update({f"cost_{op}_s": seconds for op, seconds in breakdown.items()})
+    if setup.outputs["batches"]:
+        breakdown = setup.cost_model.breakdown(tables.batches)
+        tables.batches.update({f"cost_{op}_s": seconds for op, seconds in breakdown.items()})
     meta = {
         "mode": "sim",
         "scheduler": setup.scheduler_name,
@@ -174,7 +177,8 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
         meta["workload_config"] = dict(cfg["workload"])
     if num_replicas > 1:
         meta["cluster"] = {"num_replicas": num_replicas, "router": setup.cluster["router"]}
-    summary = write_run(out_dir, tables, meta, chrome_trace=setup.outputs["chrome_trace"])
+    summary = write_run(out_dir, tables, meta, chrome_trace=setup.outputs["chrome_trace"],
+                        batches=setup.outputs["batches"])
     log(f"simulated {len(requests)} requests, {summary['num_batches']} batches in "
         f"{time.perf_counter() - wall:.2f} s wall -> {out_dir}")
     check_conservation(tables.conservation)

@@ -61,7 +61,7 @@ def test_token_stream_in_chunks_matches_the_whole_table():
         [np.diff(times[ids == k]) for k in range(num_requests)])))
 
 
-def test_run_without_token_table_gives_the_same_summary(tmp_path):
+def test_run_without_token_and_batch_tables_gives_the_same_summary(tmp_path):
     def run(name: str, extra: list[str]) -> dict:
         overrides = ["scheduler=vllm", "workload.num_requests=300", "workload.arrival.qps=3.0",
                      "cluster.num_replicas=2", *extra, f"output_dir={tmp_path / name}"]
@@ -69,9 +69,13 @@ def test_run_without_token_table_gives_the_same_summary(tmp_path):
             cfg = to_dict(compose(config_name="simulator", overrides=overrides))
         return run_simulation(cfg, tmp_path / name, log=lambda *_: None)
 
-    full, lean = run("full", []), run("lean", ["outputs.tokens=false"])
-    assert (tmp_path / "full" / "tokens.parquet").exists() and not (tmp_path / "lean" / "tokens.parquet").exists()
+    full, lean = run("full", []), run("lean", ["outputs.tokens=false", "outputs.batches=false"])
+    for name in ("tokens.parquet", "batches.parquet"):
+        assert (tmp_path / "full" / name).exists() and not (tmp_path / "lean" / name).exists()
     assert json.dumps(full, sort_keys=True) == json.dumps(lean, sort_keys=True)
     assert full["conservation"]["ok"] and full["tbt_quantiles"] == "exact"
-    for name in ("requests.csv", "decode_token_execution_plus_preemption_time.csv"):
+    for name in ("requests.csv", "decode_token_execution_plus_preemption_time.csv",
+                 "decode_completion_time_series.csv"):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "lean" / name).read_bytes()
+    with pytest.raises(ValueError, match="outputs.batches=true"):
+        run("trace", ["outputs.batches=false", "outputs.chrome_trace=true"])

@@ -39,6 +39,7 @@ _request_id = operator.attrgetter("id")
 FOLD_TOKENS = 1 << 21     # fold the pending tokens into numpy past this many (about 40 MB of lists)
 FOLD_BATCHES = 1 << 16    # ... or past this many batches
 EXACT_MAX_TBT_VALUES = 50_000_000  # exact TBT quantiles up to this many tokens (400 MB), else a sketch
+SUMMARY_BATCH_COLUMNS = ("end", "num_emitted_tokens", "replica")  # what a run keeps without its batch table
 
 
 class ConservationError(RuntimeError):
@@ -58,9 +59,10 @@ class RunTables:
 
 class MetricsRecorder:
     def __init__(self, requests: Sequence[Request], compat: str = "corrected", keep_tokens: bool = True,
-                 num_groups: int = 1):
-        """`keep_tokens`: build the token table (else only what the summary needs); `num_groups`:
-        how many replicas record batches (each passes its index as the `replica` extra)."""
+                 keep_batches: bool = True, num_groups: int = 1):
+        """`keep_tokens`, `keep_batches`: build the token and batch tables (else only what the
+        summary needs: `SUMMARY_BATCH_COLUMNS` of each batch); `num_groups`: how many replicas
+        record batches (each passes its index as the `replica` extra)."""
         self.requests = list(requests)
         if [r.id for r in self.requests] != list(range(len(self.requests))):
             raise ValueError("request ids must be 0..n-1 in list order")
@@ -75,6 +77,7 @@ class MetricsRecorder:
         self._folded: list[dict[str, np.ndarray]] = []  # batch-table chunks
         self._later_tokens: list[np.ndarray] = []
         self.reference = compat == "reference"
+        self.keep_batches = keep_batches or self.reference
         expected_tokens = sum(r.decode_len for r in self.requests)
         self.tokens = TokenStream(n, distribution_for(expected_tokens, EXACT_MAX_TBT_VALUES, num_groups),
                                   keep_rows=keep_tokens or self.reference)
@@ -120,7 +123,8 @@ class MetricsRecorder:
                                 None if group is None else np.repeat(group.astype(np.int64), per_batch))
         batch_of_token = np.repeat(np.arange(len(per_batch)), per_batch)
         self._later_tokens.append(np.bincount(batch_of_token, weights=later, minlength=len(per_batch)).astype(np.int64))
-        self._folded.append(chunk)
+        self._folded.append(chunk if self.keep_batches else
+                            {key: chunk[key] for key in SUMMARY_BATCH_COLUMNS if key in chunk})
         if not self.reference:  # the artifact's metrics index the whole lists
             self._token_ids, self._tokens_per_batch, self._batch_rows = [], [], []
             self._extras = {key: [] for key in self._extras}
@@ -153,6 +157,8 @@ class MetricsRecorder:
     def _batch_table(self) -> dict[str, np.ndarray]:
         table = {key: np.concatenate([chunk[key] for chunk in self._folded]) for key in self._folded[-1]}
         self._folded = []  # finalize runs once: the chunks' memory goes back now
+        if not self.keep_batches:
+            return table
         extras = {key: table.pop(key) for key in self._extras}
         table["batch_id"] = np.arange(len(table["start"]))
         table["duration"] = table["end"] - table["start"]
