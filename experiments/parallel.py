@@ -35,8 +35,14 @@ def ray_session(ray_cfg: Mapping[str, Any]) -> Iterator[Any]:
     started_here = not ray.is_initialized()
     try:
         if started_here:
+            options = init_options(ray_cfg)
             with ctrl_c_deferred():
-                ray.init(**init_options(ray_cfg))
+                try:
+                    ray.init(**options)
+                except ConnectionError as exc:
+                    where = f"{ray_cfg.get('config_key', 'ray')}.address={options['address']}"
+                    raise ValueError(f"{where}: cannot join that Ray cluster ({str(exc).splitlines()[0]}); "
+                                     "check the address, or leave it null for a local Ray") from None
         yield ray
     finally:
         if started_here:
@@ -64,7 +70,8 @@ def ray_map(fn: Callable[..., Any], args: Sequence[tuple], ray_cfg: Mapping[str,
 
 
 def init_options(ray_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """`ray.init` arguments: a private local Ray unless `address` names a cluster. Without an
+    """`ray.init` arguments: a private local Ray unless `address` names a cluster (`config_key`:
+    where the user set it, for error messages: "ray" or "hydra.launcher"). Without an
     address Ray would attach to any cluster already running on the machine (or named by
     RAY_ADDRESS), so "local" is explicit."""
     options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False,

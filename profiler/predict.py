@@ -14,10 +14,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from simulator.cli import run_or_exit, to_dict
+from simulator.cli import command, run_command, to_dict
 from simulator.core.batch import BatchShape
 from simulator.core.model_spec import ModelSpec
 
@@ -60,11 +59,11 @@ def prediction_csv(config: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-@hydra.main(config_path="../conf", config_name="profiler", version_base="1.3")
+@command("profiler")
 def main(cfg: DictConfig) -> None:
     config = to_dict(cfg)
-    print(run_or_exit(lambda: prediction_csv(config)), end="")
+    print(prediction_csv(config), end="")
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -94,7 +94,7 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callabl
                     raise
                 raise ValueError(hydra_error_line(exc, config_name)) from None
             except OSError as exc:
-                if started or user_wants_trace:
+                if started or user_wants_trace or exc.filename is None:
                     raise
                 # before the task ran, an OSError is hydra failing to create its run directory
                 key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(sys.argv) else "hydra.run.dir"

@@ -73,7 +73,7 @@ class RayTasksLauncher(Launcher):
 
         singletons = Singleton.get_state()
         args = [(self.hydra_context, self.task_function, c, singletons) for c in configs]
-        return ray_map(_run_one, args, {"address": self.address, "num_cpus": self.num_cpus}, "multirun")
+        return ray_map(_run_one, args, {"address": self.address, "num_cpus": self.num_cpus, "config_key": "hydra.launcher"}, "multirun")
 
     def _check(self, sweep_config: DictConfig, overrides: list[str]) -> None:
         module, _, name = str(self.preflight).partition(":")

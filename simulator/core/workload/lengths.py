@@ -49,7 +49,7 @@ def read_length_trace(path: Path) -> tuple[np.ndarray, np.ndarray]:
             row = int(bad[0])
             # Line = data row + 1 for the header, counted from 1.
             raise TraceFormatError(f"{path}: column {column}, line {row + 2}: "
-                                   f"{table[column].iloc[row]!r} is not a whole number >= 0; {fix}")
+                                   f"{str(table[column].iloc[row])!r} is not a whole number >= 0; {fix}")
         columns.append(values)
     return columns[0], columns[1]
 
