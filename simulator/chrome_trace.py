@@ -50,8 +50,7 @@ def write_chrome_trace(batches: pd.DataFrame, path: str | Path) -> Path:
     """Write `batches` (one row per batch) as a Chrome trace JSON array to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        json.dump(chrome_trace_events(batches), f)
+    path.write_text(json.dumps(chrome_trace_events(batches)))  # one string: far faster than json.dump
     return path
 
 

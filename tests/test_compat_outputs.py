@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from simulator.chrome_trace import write_chrome_trace
 from simulator.core.request import Request
@@ -77,27 +78,42 @@ def test_ignored_requests_are_counted_done_with_no_tokens():
     assert pd.isna(seq["request_e2e_time"][1]) and not pd.isna(seq["request_e2e_time"][2])
 
 
-# ---- a whole run's files --------------------------------------------------------------------
+# ---- whole runs' files ------------------------------------------------------------------------
 
-def run(tmp_path, name, *overrides):
-    from tests.test_simulator import compose_config
+NUM_REQUESTS = 100
+
+
+def run(out, *overrides):
     from simulator.run import run_simulation
+    from tests.test_simulator import compose_config
 
-    out = tmp_path / name
-    cfg = compose_config("simulator", ["scheduler=vllm", "workload.num_requests=200", "workload.arrival.qps=2.0",
+    # the analytical cost model: the quickest to build, and any model serves here
+    cfg = compose_config("simulator", [f"workload.num_requests={NUM_REQUESTS}", "workload.arrival.qps=2.0",
+                                       "cost_model=analytical",
                                        "compat=reference", *overrides], out)
     return out, run_simulation(cfg, out, log=lambda *_: None)
 
 
-def test_reference_run_writes_the_artifact_files_byte_identically(tmp_path):
+@pytest.fixture(scope="module")
+def reference_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    return {name: run(root / name, f"scheduler={scheduler}")
+            for name, scheduler in (("vllm", "vllm"), ("vllm_again", "vllm"), ("sarathi", "sarathi"))}
+
+
+def test_reference_runs_are_byte_identical(reference_runs):
+    (a, _), (b, _) = reference_runs["vllm"], reference_runs["vllm_again"]
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert len(files) > 40
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+def test_reference_run_writes_the_artifact_files(reference_runs):
     import yaml
 
-    out, summary = run(tmp_path, "a")
-    run(tmp_path, "b")
-    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    for f in files:
-        assert (out / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    out, summary = reference_runs["vllm"]
     assert summary["compat"] == "reference" and summary["conservation"]["ok"]
     replica, plots = out / "replica_0", out / "replica_0" / "plots"
     # What the Figure 1 notebooks read, as they read it
@@ -113,8 +129,8 @@ def test_reference_run_writes_the_artifact_files_byte_identically(tmp_path):
     seq = pd.read_csv(replica / "sequence_metrics.csv")
     tokens = pd.read_parquet(out / "tokens.parquet")
     # a push per token and per prompt completion: D + 1 per life (vLLM recomputes whole prompts)
-    assert series["decode_completion"].iloc[-1] == len(tokens) + 200 + summary["preemptions"]
-    assert seq.columns[0] == "Request Id" and len(seq) == 200 and seq["request_num_ignored"].sum() == 0
+    assert series["decode_completion"].iloc[-1] == len(tokens) + NUM_REQUESTS + summary["preemptions"]
+    assert seq.columns[0] == "Request Id" and len(seq) == NUM_REQUESTS and seq["request_num_ignored"].sum() == 0
     assert np.allclose(np.sort(seq["prefill_e2e_time"]), np.sort(pd.read_csv(out / "requests.csv")["ttft"]))
     batches = pd.read_csv(replica / "batch_metrics.csv")
     assert list(batches.columns) == ["Batch Id", "batch_num_tokens", "batch_num_prefill_tokens",
@@ -126,10 +142,20 @@ def test_reference_run_writes_the_artifact_files_byte_identically(tmp_path):
         assert (plots / f"{name}_time_series.csv").is_file()
 
 
-def test_compat_errors_are_one_line(tmp_path):
-    import pytest
+def test_figure1_report_draws_reference_runs_from_the_artifact_files(reference_runs, tmp_path):
+    from experiments import report
 
+    refs = [report.RunRef(reference_runs[name][0], name, "1b", 2.0, "sim") for name in ("vllm", "sarathi")]
+    assert not (refs[0].run_dir / "decode_completion_time_series.csv").exists()  # only the artifact's
+    page = report.write_fig1_report(refs, tmp_path / "fig1_report.html", "Figure 1 (compat: reference)", [])
+    assert "<td>reference</td>" in page.read_text()
+    for run in report._load_runs(refs):
+        sketch = pd.read_csv(run.ref.run_dir / "replica_0/plots/decode_token_execution_plus_preemption_time.csv")
+        assert report._p99_tbt(run) == sketch.iloc[:, 1].quantile(0.99)
+
+
+def test_compat_errors_name_the_key_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match="compat='exact' is unknown; use compat=corrected"):
-        run(tmp_path, "bad", "compat=exact")
+        run(tmp_path / "bad", "compat=exact")
     with pytest.raises(ValueError, match="cluster.num_replicas=1"):
-        run(tmp_path, "cluster", "cluster.num_replicas=2")
+        run(tmp_path / "cluster", "cluster.num_replicas=2")
