@@ -28,6 +28,7 @@ RUN_FILES = ("summary.json", "requests.csv", "tokens.parquet", "batches.parquet"
 # Under compat: reference these come from the artifact's files, as its notebooks read them.
 ARTIFACT_FILES = {"decode_completion_time_series.csv": "replica_0/plots/decode_completion_time_series.csv",
                   "tbt_sketch": "replica_0/plots/decode_token_execution_plus_preemption_time.csv"}
+STALL_REPORT_S = 1.0  # prompt-only stretches at least this long are counted in the 1a headline
 MAX_CDF_POINTS = 5_000
 MAX_STEP_POINTS = 5_000
 MAX_TIMELINE_BATCHES = 20_000
@@ -230,13 +231,27 @@ def _stall_headlines(burst: list[_Run], panel_title: str = "") -> str:
         v, s = vllm.summary["longest_generation_stall_s"], sarathi.summary["longest_generation_stall_s"]
         ratio = f" ({v / s:.1f}× longer)" if s > 0 else ""
         lines.append(f"longest generation stall ({mode}): {vllm.ref.label} {v:.2f} s vs "
-                     f"{sarathi.ref.label} {s:.2f} s{ratio}")
+                     f"{sarathi.ref.label} {s:.2f} s{ratio}; prompt-only stretches of "
+                     f"{STALL_REPORT_S:g} s or more: {_prompt_only_stretches(vllm)} vs "
+                     f"{_prompt_only_stretches(sarathi)}")
         paired += 2
     if paired < len(burst):
         stalls = "; ".join(f"{r.ref.label}: {r.summary['longest_generation_stall_s']:.2f} s" for r in burst)
         lines.append(f"longest generation stall of each 1a run: {stalls}")
     prefix = f"{panel_title}: " if panel_title else ""
     return "".join(f"<p class='headline'>{html.escape(prefix + line)}</p>" for line in lines)
+
+
+def _prompt_only_stretches(run: _Run) -> int:
+    """How often the engine ran only prompts, no decode, for STALL_REPORT_S or longer in a row:
+    one long stall, or stalls that recur as the KV cache refills."""
+    bat = run.read("batches.parquet", ["start", "end", "num_prefill_tokens", "num_decode_tokens"])
+    prompt_only = ((bat["num_decode_tokens"] == 0) & (bat["num_prefill_tokens"] > 0)).to_numpy()
+    # stretch boundaries: where a prompt-only run of batches starts and ends
+    edges = np.flatnonzero(np.diff(np.r_[0, prompt_only.astype(np.int8), 0]))
+    starts, ends = edges[::2], edges[1::2] - 1
+    durations = bat["end"].to_numpy(float)[ends] - bat["start"].to_numpy(float)[starts]
+    return int((durations >= STALL_REPORT_S).sum())
 
 
 def _thin_step_series(t: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -468,7 +483,7 @@ def write_sweep_report(run_dirs: list[Path], overrides: list[list[str]], out_pat
     summaries = [_read_summary(Path(d), ["summary.json"]) for d in run_dirs]
     parsed = [dict(_split_override(o) for o in run) for run in overrides]
     keys = list(dict.fromkeys(k for run in parsed for k in run))
-    names = [" ".join(run) or Path(d).name for run, d in zip(overrides, run_dirs)]
+    names = _bar_labels(parsed, run_dirs)
     metrics = {
         "P50 TBT (s)": lambda s: s["tbt_s"]["p50"],
         "P99 TBT (s)": lambda s: s["tbt_s"]["p99"],
@@ -490,23 +505,37 @@ def write_sweep_report(run_dirs: list[Path], overrides: list[list[str]], out_pat
     # One colour per scheduler, the legend naming it; every panel labels its own bars.
     schedulers = [str(s.get("scheduler", "?")) for s in summaries]
     colors = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(dict.fromkeys(schedulers))}
-    fig = make_subplots(rows=len(charts), cols=1, subplot_titles=charts, vertical_spacing=0.45 / len(charts))
+    fig = make_subplots(rows=len(charts), cols=1, subplot_titles=charts, vertical_spacing=0.3 / len(charts))
     for i, chart in enumerate(charts):
+        tops: list[float] = []
         for scheduler, color in colors.items():
             mine = [j for j, name in enumerate(schedulers) if name == scheduler]
             values = [metrics[chart](summaries[j]) for j in mine]
+            tops.append(max((v for v in values if v is not None), default=0.0))
             fig.add_trace(go.Bar(x=[names[j] for j in mine], y=values, name=scheduler, legendgroup=scheduler,
                                  showlegend=i == 0, marker_color=color, text=[_format(v) for v in values],
                                  textposition="outside", cliponaxis=False),
                           row=i + 1, col=1)
-        fig.update_yaxes(title_text=chart, row=i + 1, col=1)
+        # headroom for the value printed above the tallest bar, below the panel's title
+        fig.update_yaxes(title_text=chart, range=[0, 1.2 * max(tops + [1e-9])], row=i + 1, col=1)
     # "stack": each run is one bar of one scheduler, so nothing stacks, and no gaps are left
     # for the other schedulers' bars as "group" would.
     fig.update_xaxes(categoryorder="array", categoryarray=names, showticklabels=True)
-    fig.update_layout(template=TEMPLATE, height=380 * len(charts) + 80, barmode="stack",
+    fig.update_layout(template=TEMPLATE, height=340 * len(charts) + 80, barmode="stack",
                       legend_title_text="scheduler", margin=_margin(True))
     return write_page(Path(out_path), title, [
         f"<h1>{html.escape(title)}</h1>", "<h2>Runs</h2>" + table, "<h2>Comparison</h2>" + fig_html(fig)])
+
+
+def _bar_labels(parsed: list[dict[str, str]], run_dirs: list[Path]) -> list[str]:
+    """A short name per run: the overrides that differ between runs, by their last key part
+    ("scheduler=vllm, qps=0.55"); the run directory's name where that is not unique."""
+    keys = [k for k in dict.fromkeys(k for run in parsed for k in run)
+            if len({run.get(k) for run in parsed}) > 1]
+    names = [", ".join(f"{k.rsplit('.', 1)[-1]}={run[k]}" for k in keys if k in run) for run in parsed]
+    if len(set(names)) < len(names) or not all(names):
+        names = [f"{name} ({Path(d).name})".lstrip() for name, d in zip(names, run_dirs)]
+    return names
 
 
 def _split_override(override: str) -> tuple[str, str]:
@@ -542,12 +571,14 @@ def html_table(columns: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in row) + "</tr>"
                    for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # in a scrolling box: a wide table must not push the page wider than the window
+    return f"<div class='table'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+div.table { overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }

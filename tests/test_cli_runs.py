@@ -19,7 +19,7 @@ def test_fig1_sim_through_ray_writes_the_report(tmp_path):
                f"output_dir={tmp_path}"])
     assert f"report: {tmp_path / 'fig1_report.html'}" in out.stdout
     runs = sorted(p.parent.name for p in tmp_path.glob("*/summary.json"))
-    assert runs == ["1a_sarathi", "1a_vllm", "1b_sarathi_qps1", "1b_vllm_qps1"]
+    assert runs == ["1a_kv_sarathi", "1a_kv_vllm", "1a_sarathi", "1a_vllm", "1b_sarathi_qps1", "1b_vllm_qps1"]
 
 
 def test_multirun_sweep_runs_every_job_and_writes_the_summary_page(tmp_path):

@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from plotly.offline import get_plotlyjs
 
-from experiments.report import RunRef, write_fig1_report, write_sweep_report
+from experiments.report import (KV_BOUND_PANEL, RunRef, grid_columns, log_time_ticks, write_fig1_report,
+                                write_sweep_report)
 from simulator.run import run_simulation
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -36,6 +37,9 @@ def runs(tmp_path_factory) -> list[RunRef]:
     for scheduler in ("vllm", "sarathi"):
         burst = simulate(root / f"1a_{scheduler}", [f"scheduler={scheduler}", "workload.arrival.kind=static"])
         refs.append(RunRef(burst, scheduler, "1a", None, "sim"))
+        kv_bound = simulate(root / f"1a_kv_{scheduler}", [f"scheduler={scheduler}", "workload.arrival.kind=static",
+                                                          "workload.lengths.prefill_scale=4"])
+        refs.append(RunRef(kv_bound, scheduler, KV_BOUND_PANEL, None, "sim"))
         for qps in QPS:
             run_dir = simulate(root / f"1b_{scheduler}_{qps}",
                                [f"scheduler={scheduler}", f"workload.arrival.qps={qps}"])
@@ -104,8 +108,63 @@ def test_sweep_report(runs, tmp_path):
     page = out.read_text()
     assert page.count(get_plotlyjs()) == 1
     assert "<th>workload.arrival.qps</th>" in page
-    assert "scheduler=sarathi workload.arrival.qps=1.0" in page
+    assert "scheduler=sarathi, qps=1.0" in page  # the bar label: what differs between runs
     for ref in sweep:
         assert f"{summary(ref)['tbt_s']['p99']:.3f}" in page
     with pytest.raises(ValueError, match="override lists"):
         write_sweep_report([sweep[0].run_dir], [], tmp_path / "x.html", "t")
+
+
+def _figures(page: str) -> list[dict]:
+    """The layout of every plotly figure in a page (each `Plotly.newPlot(id, data, layout, config)`)."""
+    decoder = json.JSONDecoder()
+    layouts = []
+    for call in page.split("Plotly.newPlot(")[1:]:
+        rest = call[call.index(",") + 1:].lstrip()
+        _, end = decoder.raw_decode(rest)  # the traces
+        layout, _ = decoder.raw_decode(rest[end:].lstrip().lstrip(",").lstrip())
+        layouts.append(layout)
+    return layouts
+
+
+def test_fig1_page_layout_a_reader_can_trust(runs, tmp_path):
+    page = write_fig1_report(runs, tmp_path / "fig1.html", "Figure 1 test", []).read_text()
+    layouts = _figures(page)
+    assert len(layouts) == 5  # 1a (two panels), 1b, TTFT, TBT, timeline
+    # no empty band for a title no figure has
+    assert all(layout["margin"]["t"] <= 70 for layout in layouts)
+    # 1a: the paper's settings beside the KV-bound burst, each with its stall headline
+    titles = [a["text"] for a in layouts[0]["annotations"]]
+    assert titles[0].startswith("the paper's settings") and titles[1].startswith("KV-bound burst")
+    assert page.count("longest generation stall (sim): vllm") == 2
+    # TBT ticks in ms and s, not bare mantissas
+    tbt_axis = layouts[3]["xaxis"]
+    assert tbt_axis["type"] == "log" and all(t.endswith(("ms", " s")) for t in tbt_axis["ticktext"])
+    # decode tokens on their own (right) axis in every timeline row
+    timeline = layouts[4]
+    assert sum(1 for k, v in timeline.items() if k.startswith("yaxis") and v.get("side") == "right") == \
+        sum(1 for r in runs if r.panel != "1b" or r.qps == max(QPS))
+
+
+def test_grid_never_leaves_a_lone_panel():
+    for n in range(1, 13):
+        cols = grid_columns(n)
+        assert 1 <= cols <= 4 and (n == 1 or n % cols != 1), (n, cols)
+
+
+def test_log_ticks_are_labelled_in_ms_and_s_and_few():
+    ticks = log_time_ticks([np.array([0.02, 0.05, 3.0, 40.0])])
+    assert 3 <= len(ticks["tickvals"]) <= 8
+    assert ticks["ticktext"][0].endswith("ms") and ticks["ticktext"][-1].endswith(" s")
+    assert ticks["tickvals"][0] <= 0.04 and ticks["tickvals"][-1] >= 20
+    assert log_time_ticks([np.array([0.03, 0.2])])["ticktext"] == ["20 ms", "50 ms", "100 ms", "200 ms"]
+
+
+def test_sweep_bars_are_coloured_by_scheduler_and_labelled_on_every_panel(runs, tmp_path):
+    sweep = [r for r in runs if r.panel == "1b"]
+    overrides = [[f"scheduler={r.label}", f"workload.arrival.qps={r.qps}"] for r in sweep]
+    page = write_sweep_report([r.run_dir for r in sweep], overrides, tmp_path / "s.html", "t").read_text()
+    layout = _figures(page)[0]
+    assert layout["legend"]["title"]["text"] == "scheduler"
+    assert all(layout[f"xaxis{i}"]["showticklabels"] for i in ("", "2", "3"))
+    assert page.count('"name":"vllm"') == 3 and page.count('"name":"sarathi"') == 3  # one trace per panel
