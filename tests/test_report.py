@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,25 @@ def test_sweep_bars_are_coloured_by_scheduler_and_labelled_on_every_panel(runs, 
     assert layout["legend"]["title"]["text"] == "scheduler"
     assert all(layout[f"xaxis{i}"]["showticklabels"] for i in ("", "2", "3"))
     assert page.count('"name":"vllm"') == 3 and page.count('"name":"sarathi"') == 3  # one trace per panel
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium (Debian: apt-get install chromium)")
+def test_pages_render_in_headless_chromium_with_a_clean_console(runs, tmp_path):
+    sweep = [r for r in runs if r.panel == "1b"]
+    pages = [write_fig1_report(runs, tmp_path / "fig1.html", "Figure 1 test", []),
+             write_sweep_report([r.run_dir for r in sweep], [[f"scheduler={r.label}"] for r in sweep],
+                                tmp_path / "sweep.html", "sweep")]
+    for page in pages:
+        out = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / ('profile-' + page.stem)}", "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=120)
+        console = [line for line in out.stderr.splitlines() if ":CONSOLE" in line]
+        assert console == [], console
+        # every figure drew its SVG (plotly's "main-svg"), i.e. its script ran without error
+        assert out.stdout.count('class="main-svg"') >= 2 * len(_figures(page.read_text())), page.name
