@@ -69,6 +69,15 @@ def check_settings(config: dict[str, Any]) -> Fig1Settings:
     overwrite = config.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise ValueError(f"overwrite={overwrite!r} must be true or false")
+    ray_cfg = config["ray"]
+    if not isinstance(ray_cfg.get("enabled", True), bool):
+        raise ValueError(f"ray.enabled={ray_cfg['enabled']!r} must be true or false")
+    num_cpus = ray_cfg.get("num_cpus")
+    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
+        raise ValueError(f"ray.num_cpus={num_cpus!r} must be a positive integer, or null for every core")
+    address = ray_cfg.get("address")
+    if address is not None and (not isinstance(address, str) or not address):
+        raise ValueError(f"ray.address={address!r} must be a cluster address (\"auto\", \"host:port\") or null")
     return fig
 
 

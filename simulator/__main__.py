@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from .cli import command, reject_added_keys, run_command, to_dict
 from .run import prepare, run_simulation
-from .run_dir import check_output_dir
+from .run_dir import check_output_dir, check_writable
 
 CONFIG_NAME = "simulator"
 
@@ -42,8 +42,11 @@ def check_job(cfg: DictConfig, overrides: list[str]) -> None:
     keys added by overrides, every value, the output directory."""
     reject_added_keys(cfg, CONFIG_NAME, overrides)
     config = to_dict(cfg)
-    check_output_dir(config["output_dir"], config.get("overwrite") is True)
     prepare(config)
+    if config.get("overwrite") is True:  # the job itself removes its old outputs, once it runs
+        check_writable(config["output_dir"], "output_dir")
+    else:
+        check_output_dir(config["output_dir"], overwrite=False)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ CASES = [
     ("fig1", ["fig1.num_requests=0"], "fig1.num_requests=0"),
     ("fig1", ["+fig1.foo=1"], "+fig1.foo: no config declares this key"),
     ("fig1", ["mode=gpu"], "mode='gpu' is unknown"),
+    ("fig1", ["ray.num_cpus=0"], "ray.num_cpus=0 must be a positive integer"),
     ("predict", ["profiler.decode_context=-5"], "profiler.decode_context=-5 must be a token count >= 1"),
 ]
 
@@ -246,3 +247,11 @@ def test_ray_is_local_unless_named_and_a_cluster_sweep_writes_where_it_was_run(r
     assert len(list(user_dir.glob("multirun/*/*/*/summary.json"))) == 2, joined.stdout[-2000:]
     assert "sweep summary (2 runs)" in joined.stdout
     assert len(list(user_dir.glob("multirun/*/*/sweep_report.html"))) == 1
+
+
+def test_a_sweep_checks_every_job_before_any_starts(tmp_path, capsys):
+    """The second job's typo stops the sweep before Ray starts or any job runs."""
+    code, lines = run_in_process("simulator", ["-m", "workload.num_requests=4", "scheduler=vllm,sarathi",
+                                               "+engine.x=1,2", f"hydra.sweep.dir={tmp_path}"], capsys)
+    assert code == 2 and len(lines) == 1 and "+engine.x: no config declares this key" in lines[0], lines
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()], "a job directory was made"
