@@ -86,7 +86,8 @@ def table_curves(spec: AllReduceSpec, data_dir: Path) -> dict[int, tuple[np.ndar
     return curves
 
 
-def describe(spec: AllReduceSpec) -> str:
+def source_of(spec: AllReduceSpec) -> str:
+    """Where a spec's all-reduce times come from, for cost-model labels."""
     if spec.collective == "send_recv":
         return f"all-reduce derived from send/recv (ring: 2(n-1) send/recvs of size/n) in {spec.table}"
     return f"all-reduce measured in {spec.table}"
@@ -107,12 +108,12 @@ class AllReduceModel:
         one-line error listing the counts that are covered."""
         for curve in spec.curves:
             if curve.num_workers == num_workers:
-                return cls(f"{describe(spec)} ({num_workers} GPUs, committed curve)", curve.nbytes, curve.seconds)
+                return cls(f"{source_of(spec)} ({num_workers} GPUs, committed curve)", curve.nbytes, curve.seconds)
         data_dir = DEFAULT_SHARED_DATA_DIR if data_dir is None else Path(data_dir)
         present = spec.table is not None and (data_dir / spec.table).is_file()
         measured = table_curves(spec, data_dir) if present else {}
         if num_workers in measured:
-            return cls(f"{describe(spec)} ({num_workers} GPUs)", *measured[num_workers])
+            return cls(f"{source_of(spec)} ({num_workers} GPUs)", *measured[num_workers])
         covered = sorted({*spec.covered, *measured})
         raise ValueError(
             f"parallel.tp={num_workers} needs an all-reduce of {num_workers} GPUs and hardware.all_reduce "
