@@ -279,6 +279,8 @@ def run_validation(config: Mapping[str, Any], argv: list[str], log: Callable[[st
         "iterations": iteration_errors(iterations["measured_s"], iterations["predicted_s"]),
         "device": first_real["device"],
         "executor": first_real["executor"],
+        "timing": first_real.get("timing"),    # what gpu_time and cpu_time measure
+        "gpu_spin": first_real.get("gpu_spin"),  # the spin rate behind the emulated all-reduce and the timer lead
         "hardware": first_real["hardware"],
         "model": first_real["model"],
         "model_override": {"num_layers": config["real"].get("num_layers"),

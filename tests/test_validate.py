@@ -58,6 +58,7 @@ def test_validate_on_cpu_end_to_end(tmp_path):
     assert on_disk["command"].startswith("python -m experiments.validate ") and on_disk["argv"] == argv
     assert on_disk["model"] == "Yi-34B (1 of 2 layers)" and on_disk["model_override"] == {"num_layers": 1, "of": 2}
     assert on_disk["device"].startswith("CPU") and on_disk["cost_model"].startswith("analytical")
+    assert "cpu_time" in on_disk["timing"] and on_disk["gpu_spin"] is None  # no GPU spin on the CPU
     assert set(on_disk["schedulers"]) == {"vllm", "sarathi"}
     iterations = pd.read_parquet(tmp_path / "iterations.parquet")
     for name, s in on_disk["schedulers"].items():
