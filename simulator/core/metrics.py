@@ -113,7 +113,8 @@ class MetricsRecorder:
         """Move the pending batches and tokens into numpy: a batch-table chunk and the token stream."""
         names = ("start", "end") + BatchShape.FIELDS + ("kv_blocks_in_use", "num_preempted")
         rows = np.array(self._batch_rows, dtype=np.float64).reshape(-1, len(names))
-        chunk = {name: rows[:, i] if i < 2 else rows[:, i].astype(np.int64) for i, name in enumerate(names)}
+        # copies, not views: a column kept alone must not keep the whole `rows` alive
+        chunk = {name: rows[:, i].copy() if i < 2 else rows[:, i].astype(np.int64) for i, name in enumerate(names)}
         per_batch = np.asarray(self._tokens_per_batch, dtype=np.int64)
         chunk["num_emitted_tokens"] = per_batch
         for key, values in self._extras.items():
