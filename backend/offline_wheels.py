@@ -87,6 +87,19 @@ def needed_distributions() -> dict[str, str]:
     return {name: md.version(name) for name in sorted(needed)}
 
 
+def link_installed(distributions: set[str], folder: Path) -> Path:
+    """A folder holding exactly `distributions`, as links to their files installed here: put it
+    on `sys.path` of an interpreter without site-packages to see what imports with only them."""
+    folder.mkdir(parents=True)
+    for name in distributions:
+        dist = md.distribution(name)
+        for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            target = Path(dist.locate_file(top))
+            if target.exists() and not (folder / top).exists():
+                (folder / top).symlink_to(target)
+    return folder
+
+
 def _download(pins: dict[str, str], folder: Path, python_version: str, platform: str) -> None:
     for name, version in pins.items():
         spec = f"{name}=={version}"

@@ -1,7 +1,6 @@
 """The offline wheel list: the GPU commands import with nothing but it and what a CUDA image has."""
 from __future__ import annotations
 
-import importlib.metadata as md
 import subprocess
 import sys
 from pathlib import Path
@@ -10,23 +9,10 @@ import pytest
 
 pytest.importorskip("torch", reason="the GPU commands import torch (pip install -e '.[cpu]')")
 
-from backend.offline_wheels import (GPU_COMMAND_MODULES, PROVIDED,  # noqa: E402
+from backend.offline_wheels import (GPU_COMMAND_MODULES, PROVIDED, link_installed,  # noqa: E402
                                     needed_distributions, requirement_closure)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def isolated_site(distributions: set[str], site: Path) -> Path:
-    """A folder holding exactly `distributions` (links to their installed files)."""
-    site.mkdir()
-    for name in distributions:
-        dist = md.distribution(name)
-        tops = {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
-        for top in tops:
-            target = Path(dist.locate_file(top))
-            if target.exists() and not (site / top).exists():
-                (site / top).symlink_to(target)
-    return site
 
 
 def import_in(site: Path, modules: tuple[str, ...]) -> subprocess.CompletedProcess:
@@ -41,10 +27,10 @@ def test_gpu_commands_import_with_only_the_wheels_and_the_cuda_image(tmp_path):
     assert {"hydra-core", "omegaconf", "antlr4-python3-runtime", "plotly", "pandas", "pyarrow",
             "pytest"} <= needed and not needed & set(PROVIDED)
     provided = requirement_closure(set(PROVIDED))
-    site = isolated_site(needed | provided, tmp_path / "site")
+    site = link_installed(needed | provided, tmp_path / "site")
     run = import_in(site, GPU_COMMAND_MODULES)
     assert run.returncode == 0, run.stderr.strip().splitlines()[-1:]
     # The isolation is real: without one carried wheel, hydra (which every command imports) fails.
-    fewer = isolated_site((needed - {"omegaconf"}) | provided, tmp_path / "fewer")
+    fewer = link_installed((needed - {"omegaconf"}) | provided, tmp_path / "fewer")
     run = import_in(fewer, ("hydra",))
     assert run.returncode != 0 and "omegaconf" in run.stderr
