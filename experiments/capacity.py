@@ -122,14 +122,22 @@ def resolve_slos(slos: Mapping[str, Any], delay_bound: float, reference_s: float
 
 
 # ---- probes --------------------------------------------------------------------------------------
-def probe(run_cfg: dict[str, Any]) -> dict[str, Any]:
+def split_probe(spec: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
+    """A probe is a run config plus, under `time_scale`, the factor the band applies to every
+    modelled batch time (`simulate(time_scale=)`; not a key of the run config)."""
+    run_cfg = dict(spec)
+    return run_cfg, float(run_cfg.pop("time_scale", 1.0))
+
+
+def probe(spec: dict[str, Any]) -> dict[str, Any]:
     """One simulation at the config's QPS; the metrics the SLOs read (no files written)."""
     wall = time.perf_counter()
+    run_cfg, time_scale = split_probe(spec)
     setup = prepare(run_cfg)
     schedulers = [make_scheduler(setup.scheduler_name, setup.scheduler_config, setup.num_blocks)
                   for _ in range(setup.cluster["num_replicas"])]
     tables = simulate(make_requests(setup.workload), schedulers, setup.cost_model.batch_time,
-                      setup.make_router()).finalize()
+                      setup.make_router(), time_scale=time_scale).finalize()
     tbt = tables.tokens["tbt"]
     tbt = tbt[~np.isnan(tbt)]
     req = tables.requests
@@ -176,7 +184,7 @@ class Configuration:
     scheduler: dict[str, Any]
     slo: SLO
     time_scale: float
-    runs: dict[int, dict[str, Any]]  # seed -> run config without its QPS
+    runs: dict[int, dict[str, Any]]  # seed -> probe (run config and time scale) without its QPS
 
 
 def run_config(config: Mapping[str, Any], scheduler: dict[str, Any], seed: int, time_scale: float) -> dict[str, Any]:
@@ -187,12 +195,7 @@ def run_config(config: Mapping[str, Any], scheduler: dict[str, Any], seed: int, 
     workload["arrival"]["kind"] = "poisson"
     run_cfg.update(scheduler=scheduler, workload=workload, output_dir=None)
     if time_scale != 1.0:
-        cost_model = run_cfg.get("cost_model")
-        if not isinstance(cost_model, dict):
-            raise ValueError(f"capacity.time_scales={cap['time_scales']} needs the cost_model config group "
-                             "(cost_model.time_scale); this configuration's cost_model is "
-                             f"{cost_model!r}: use time_scales: [1.0]")
-        run_cfg["cost_model"] = {**cost_model, "time_scale": time_scale}
+        run_cfg["time_scale"] = time_scale
     return run_cfg
 
 
@@ -305,7 +308,7 @@ def main(cfg: DictConfig) -> None:
         cap = config["capacity"]
         configs = plan(config)
         for conf in configs:  # every config error surfaces here, before Ray starts
-            prepare(with_qps(next(iter(conf.runs.values())), 1.0))
+            prepare(split_probe(with_qps(next(iter(conf.runs.values())), 1.0))[0])
         out_dir = Path(config["output_dir"])
         cache = ProbeCache(cap.get("cache_dir"))
         wall = time.perf_counter()

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -50,6 +51,29 @@ def test_slo_definitions_and_bad_specs():
     for bad in ({"p99_tbt_x": 5, "p99_tbt_s": 1}, {"p99": 1}, {"p99_tbt_s": -1}):
         with pytest.raises(ValueError, match="capacity.slos.s"):
             resolve_slos({"s": bad}, 2.0, 0.04)
+
+
+def test_time_scale_two_doubles_every_batch_time(tmp_path):
+    """The band's lever: the same burst (same batches, in the same order) with every batch twice as long."""
+    from simulator.core.schedulers import make_scheduler
+    from simulator.engine import simulate
+    from simulator.run import make_requests, prepare
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = to_dict(compose(config_name="simulator", overrides=[
+            "scheduler=vllm", "workload.num_requests=60", "workload.arrival.kind=static",
+            f"output_dir={tmp_path}"]))
+    setup = prepare(cfg)
+    runs = [simulate(make_requests(setup.workload), make_scheduler("vllm", setup.scheduler_config, setup.num_blocks),
+                     setup.cost_model.batch_time, time_scale=f).finalize().batches for f in (1.0, 2.0)]
+    nominal, doubled = runs
+    for column in ("num_prefill_tokens", "num_decode_tokens", "decode_kv_tokens", "num_emitted_tokens"):
+        assert np.array_equal(nominal[column], doubled[column]), column
+    assert np.array_equal(doubled["duration"], 2 * nominal["duration"])
+    assert np.array_equal(doubled["end"], 2 * nominal["end"])
+    with pytest.raises(ValueError, match="time_scale"):
+        simulate(make_requests(setup.workload), make_scheduler("vllm", setup.scheduler_config, setup.num_blocks),
+                 setup.cost_model.batch_time, time_scale=0)
 
 
 def test_search_rounds_share_probes_between_slos():
@@ -102,12 +126,16 @@ def test_capacity_command_writes_json_and_report(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.capacity", "ray.enabled=false", "capacity.num_requests=64",
          "capacity.seeds=[1,2]", "capacity.tolerance=0.25", "~capacity.schedulers.vllm", "~capacity.schedulers.sarathi_2048",
-         "capacity.schedulers.sarathi_512.slos=[strict,relaxed]",
+         "capacity.schedulers.sarathi_512.slos=[strict,relaxed]", "capacity.time_scales=[1.0,2.0]",
          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
     entries = json.loads((tmp_path / "capacity.json").read_text())
-    assert [(e["scheduler"], e["slo"]) for e in entries] == [("sarathi (chunk 512)", "strict"),
-                                                            ("sarathi (chunk 512)", "relaxed")]
+    assert [(e["slo"], e["time_scale"]) for e in entries] == [("strict", 1.0), ("strict", 2.0),
+                                                             ("relaxed", 1.0), ("relaxed", 2.0)]
+    assert {e["scheduler"] for e in entries} == {"sarathi (chunk 512)"}
+    for nominal, slower in (entries[:2], entries[2:]):  # a model twice as slow carries less load
+        assert slower["capacity_qps"] < nominal["capacity_qps"]
+        assert slower["p99_tbt_bound_s"] == nominal["p99_tbt_bound_s"], "the SLO moved with the model"
     for e in entries:
         assert e["capacity_qps"] > 0 and set(e["capacity_qps_per_seed"]) == {"1", "2"}
         assert {p["seed"] for p in e["probes"]} == {1, 2}
