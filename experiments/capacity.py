@@ -42,7 +42,7 @@ from .capacity_report import write_capacity_report
 from .fig1 import run_label, scheduler_config
 from .parallel import ray_map, ray_session
 
-RUN_KEYS = ("model", "hardware", "parallel", "engine", "cost_model", "cluster", "shared_data_dir")
+RUN_KEYS = ("model", "hardware", "parallel", "engine", "cost_model", "engine_model", "cluster", "shared_data_dir")
 # The paper's SLO unit (Sarathi-Serve, OSDI'24, §5): the time of one decode iteration of 32
 # requests with 4k tokens of context each, running with no prefill in the batch.
 REFERENCE_DECODE = {"batch_size": 32, "context_tokens": 4096}

@@ -32,7 +32,7 @@ from .parallel import run_all
 from .report import KV_BOUND_PANEL, RunRef, write_fig1_report
 
 MODES = ("sim", "real")
-RUN_KEYS = ("model", "hardware", "parallel", "engine", "cost_model", "shared_data_dir", "compat")
+RUN_KEYS = ("model", "hardware", "parallel", "engine", "cost_model", "engine_model", "shared_data_dir", "compat")
 TITLE = "Figure 1: generation stalls and tail latency"
 CONFIG_NAME = "fig1"
 

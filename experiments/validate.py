@@ -211,8 +211,8 @@ def predict_iterations(cost_model: CostModel, batches: pd.DataFrame) -> pd.DataF
     out["predicted_s"] = predicted
     out["relative_error"] = (out["predicted_s"] - out["measured_s"]) / out["measured_s"]
     # The split that says where a miss comes from: the forward pass (timed on the device) against
-    # the prediction less its CPU overhead, and the measured CPU time against that overhead.
-    overhead = np.broadcast_to(ops.get("cpu_overhead", 0.0), predicted.shape)
+    # the prediction less its engine term (CPU time), and the measured CPU time against that term.
+    overhead = np.broadcast_to(ops.get("engine_iteration", 0.0) + ops.get("engine_requests", 0.0), predicted.shape)
     out["measured_forward_s"] = batches["gpu_time"].to_numpy(float)
     out["predicted_forward_s"] = predicted - overhead
     out["measured_cpu_s"] = batches["cpu_time"].to_numpy(float)

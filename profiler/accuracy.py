@@ -1,6 +1,8 @@
 """How well the fitted laws predict what was measured: held-out errors per op, and a plot.
 
-`python -m profiler.accuracy profiles/<dir> [--html report.html]` prints, per op, the held-out
+`python -m profiler.accuracy source=public` prints the calibration on public measurements instead
+(`profiler/public_accuracy.py`). `python -m profiler.accuracy profiles/<dir> [--html report.html]`
+prints, per op of a profile measured with `python -m profiler`, the held-out
 (k-fold, out-of-fold) MAPE of the law and of the law with its residual, the chosen model's MAPE,
 p90 and worst error, the fitted rates (what the laws say the GPU reaches), whether the targets
 (linear layers <= 3 %, attention <= 6 %) are met, and the composition check: whole decoder layers
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +152,18 @@ def write_html(fit: FittedProfile, profile: Profile, path: Path) -> None:
 
 
 def main() -> None:
+    if any(arg.startswith("source=") for arg in sys.argv[1:]):  # the public-measurement calibration
+        from simulator.core.paths import DEFAULT_SHARED_DATA_DIR
+
+        from . import public_accuracy
+
+        args = [a for a in sys.argv[1:] if a != "source=public"]
+        if len(args) == len(sys.argv) - 1:
+            raise SystemExit("error: source= takes only `public` (or give a profile directory)")
+        try:
+            sys.exit(public_accuracy.main(args, DEFAULT_SHARED_DATA_DIR))
+        except (ValueError, FileNotFoundError) as exc:
+            raise SystemExit(f"error: {exc}")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("profile_dir", type=Path)
     parser.add_argument("--html", type=Path, help="also write a self-contained plotly page here")

@@ -1,4 +1,4 @@
-"""An analytical roofline cost model for one tensor-parallel rank of a Llama-architecture model.
+"""An analytical roofline cost model for one tensor-parallel rank of a decoder-only transformer.
 
 Every GPU operation of an iteration is priced as a kernel that is either compute- or
 bandwidth-bound: time = max(FLOPs / (peak * efficiency), bytes / (bandwidth * efficiency),
@@ -8,13 +8,14 @@ shows when a kernel is shorter than a launch. Shard sizes follow Megatron shardi
 Per layer: fused add+RMSNorm (x2), QKV projection, RoPE, KV-cache write, prefill and decode
 attention, output projection, gate-up projection, SiLU-and-multiply, down projection, and two
 all-reduces of tokens x hidden activations. Per iteration: embedding (vocab-parallel, so it needs
-one more all-reduce) and a fixed CPU overhead (hardware config `cpu_overhead_ms`). Per sampled
+one more all-reduce) and the engine term (`profiler/engine_model.py`, by tokens). Per sampled
 token (one per decode and one per prefill chunk), as `backend/model.py` runs them on the sampled
 rows only: the final norm (row gather, RMSNorm), the vocab-parallel LM head and its fp32 cast,
 the all-gather of the logits across TP ranks (priced as `profiler/fitted.py` and
 `backend.collectives.Emulated` charge it), and greedy sampling (`backend/runner.py`: one argmax
-over the gathered fp32 logits). The per-rank shapes and attention units are `profiler/fit.py`'s,
-shared with the fitted model.
+over the gathered fp32 logits), and the engine term's per-request part. The per-rank shapes and
+attention units are `profiler/fit.py`'s, shared with the fitted model. Architectures other than
+Llama (`ModelSpec.mlp`, `parallel_block`, `rotary_dim`) change the op shapes and counts here.
 
 Speed: everything that depends only on the token count is tabulated at construction, so
 `batch_time` is two list lookups plus the two attention terms in plain Python floats.
@@ -31,7 +32,8 @@ from simulator.core.batch import BatchShape
 from simulator.core.model_spec import ModelSpec
 
 from .all_reduce import AllReduceModel
-from .cost_model import CostModel
+from .cost_model import CostModel, check_time_scale, engine_sources, scale_note
+from .engine_model import EngineModel
 from .fit import (LOGIT_BYTES, AttentionUnits, all_reduces_per_iteration, gathered_logits_bytes, gemm_flops_bytes,
                   linear_shapes, stream_widths)
 from .hardware import HardwareSpec
@@ -41,35 +43,44 @@ class AnalyticalCostModel(CostModel):
     name = "analytical"
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec, tp: int,
-                 data_dir: Path | None = None, max_tokens: int = 16384):
+                 data_dir: Path | None = None, max_tokens: int = 16384, engine: EngineModel | None = None,
+                 time_scale: float = 1.0):
         """`data_dir` holds the measured all-reduce table (default ../shared/data); `max_tokens`
-        sizes the per-token-count tables, which grow on demand for larger batches."""
+        sizes the per-token-count tables, which grow on demand for larger batches; `engine` is the
+        engine term (default: the hardware config's flat CPU overhead); `time_scale` multiplies
+        every modelled time (a sensitivity knob: how much does a conclusion depend on calibration?)."""
         model.check_tp(tp)
         self.model, self.hardware, self.tp = model, hardware, tp
+        self.engine = engine or EngineModel.flat(hardware)
+        self.time_scale = check_time_scale(time_scale)
         eff = hardware.efficiency
         self._matmul_flops = hardware.peak_flops * eff.matmul
         self._bandwidth = hardware.mem_bandwidth * eff.memory
         self._floor = hardware.kernel_launch_floor_us * 1e-6
-        self._cpu_overhead = hardware.cpu_overhead_ms * 1e-3
         self._all_reduce = None if tp == 1 else AllReduceModel.for_workers(hardware.all_reduce, tp, data_dir)
 
         self._linears = linear_shapes(model, tp)  # (input width, output width) of each shard
         self._widths = stream_widths(model, tp)   # elements per token of each bandwidth-bound op
         # Attention, per layer, in seconds per unit: per (query, key) pair of compute, per KV token
         # read, per query token (read the query, write the output).
-        units = AttentionUnits.of(model, tp)
-        self._s_per_pair = units.flops_per_pair / (hardware.peak_flops * eff.attention)
-        self._s_per_kv_token = units.bytes_per_kv_token / self._bandwidth
-        self._s_per_query = units.bytes_per_query / self._bandwidth
+        # Scaled by time_scale here, since batch_time adds attention to the (scaled) tables.
+        units, scale = AttentionUnits.of(model, tp), self.time_scale
+        self._s_per_pair = scale * units.flops_per_pair / (hardware.peak_flops * eff.attention)
+        self._s_per_kv_token = scale * units.bytes_per_kv_token / self._bandwidth
+        self._s_per_query = scale * units.bytes_per_query / self._bandwidth
+        self._attention_floor = scale * self._floor
 
         all_reduce = self._all_reduce.source if self._all_reduce else "no all-reduce"
         self.label = (f"analytical roofline model, {hardware.name}, TP={tp} (datasheet peaks × "
                       f"efficiency: matmul {eff.matmul:g}, attention {eff.attention:g}, memory "
-                      f"{eff.memory:g}), {all_reduce}, CPU overhead {hardware.cpu_overhead_ms:g} ms/iteration")
+                      f"{eff.memory:g}), {all_reduce}" + scale_note(self.time_scale))
 
         self._token_time: list[float] = []   # by token count: all but attention and the sampled-token ops
         self._sample_time: list[float] = []  # by sampled-token count: final norm, LM head, gather, sampling
         self._grow(max_tokens)
+        self.op_sources = {op: "analytical" for op in self._op_names}
+        self.op_sources.update(all_reduce=all_reduce, logits_all_gather=all_reduce,
+                               **engine_sources(self.engine))
 
     # ---- the interface -----------------------------------------------------------------------
     def batch_time(self, batch: Any) -> float:
@@ -90,12 +101,13 @@ class AnalyticalCostModel(CostModel):
     def breakdown(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         c = {k: np.asarray(columns[k], dtype=float) for k in BatchShape.FIELDS}
         prefill, decode, chunks = c["num_prefill_tokens"], c["num_decode_tokens"], c["num_prefills"]
-        ops = self._token_ops(prefill + decode)
+        ops = {k: self.time_scale * v for k, v in self._token_ops(prefill + decode).items()}
         ops["attn_prefill"] = np.where(chunks > 0, self._attention(
             prefill, c["prefill_kv_tokens"], c["prefill_attn_pairs"], np.maximum), 0.0)
         kv = c["decode_kv_tokens"]
         ops["attn_decode"] = np.where(decode > 0, self._attention(decode, kv, kv, np.maximum), 0.0)
-        ops.update(self._sample_ops(decode + chunks))
+        sample_ops = self._sample_ops(decode + chunks)
+        ops.update({k: self.time_scale * v for k, v in sample_ops.items()})
         return ops
 
     # ---- operations --------------------------------------------------------------------------
@@ -109,7 +121,7 @@ class AnalyticalCostModel(CostModel):
         h, b = m.hidden_size, m.dtype_bytes
         act = n * b  # bytes of one activation element, over all the batch's tokens
         ops = {
-            "cpu_overhead": np.full_like(n, self._cpu_overhead),
+            "engine_iteration": self.engine.iteration_seconds(n),
             "embedding": self._kernel(0, 2 * act * w["embedding"]),  # gather rows, write activations
             # fused residual-add + norm reads x and the residual and writes both; two per layer
             # (one where attention and MLP run side by side from one norm)
@@ -151,6 +163,7 @@ class AnalyticalCostModel(CostModel):
             "logits_all_gather": (np.zeros_like(s) if self._all_reduce is None
                                   else self._all_reduce.all_gather_seconds(logits)),
             "sampling": self._kernel(0, logits),  # greedy: one argmax reads the gathered logits
+            "engine_requests": self.engine.request_seconds(s),  # s sampled tokens: one per request
         }
         return {k: np.where(s > 0, v, 0.0) for k, v in ops.items()}
 
@@ -160,10 +173,12 @@ class AnalyticalCostModel(CostModel):
         `breakdown` (arrays, `maximum=np.maximum`), so the two paths share one formula."""
         compute = pairs * self._s_per_pair
         memory = kv_tokens * self._s_per_kv_token + queries * self._s_per_query
-        return self.model.num_layers * maximum(maximum(compute, memory), self._floor)
+        return self.model.num_layers * maximum(maximum(compute, memory), self._attention_floor)
 
     def _grow(self, tokens: int) -> None:
         """Tabulate the token-count-only operations for 0 .. at least `tokens`."""
         n = np.arange(max(tokens + 1, 2 * len(self._token_time)), dtype=float)
-        self._token_time = sum(self._token_ops(n).values()).tolist()
-        self._sample_time = sum(self._sample_ops(n).values()).tolist()
+        token_ops, sample_ops = self._token_ops(n), self._sample_ops(n)
+        self._op_names = [*token_ops, "attn_prefill", "attn_decode", *sample_ops]  # what `breakdown` returns
+        self._token_time = (self.time_scale * sum(token_ops.values())).tolist()
+        self._sample_time = (self.time_scale * sum(sample_ops.values())).tolist()

@@ -2,6 +2,7 @@
 
     python -m profiler.calibrate                 # every public GPU -> profiler/calibration/public_<gpu>.json
     python -m profiler.calibrate gpu=a100        # one GPU
+    python -m profiler.calibrate transfer        # then: each GPU's fit carried to the others -> transfer.json
 
 Per GPU, one law per group over every public model measured on it (`profiler/public_profiles.py`):
 the four linear layers share one GEMM law (a GEMM is a GEMM: M, N and K tell them apart); each
@@ -28,13 +29,17 @@ import numpy as np
 from simulator.core.paths import DEFAULT_SHARED_DATA_DIR, REPO_ROOT
 
 from .cross_model import ShapeLaw, fit_shape_law
+from .hardware import HardwareSpec
 from .fit import _STREAM_TRAFFIC, gemm_flops_bytes
 from .public_profiles import PUBLIC_GPUS, SOURCE, read_public
 
 CALIBRATION_DIR = REPO_ROOT / "profiler" / "calibration"
 GEMM_GROUP = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-STREAM_PASSES = {**{op: passes for op, (passes, _) in _STREAM_TRAFFIC.items()}, "gelu": 2}  # GELU: read, write
+# GELU reads and writes once; LayerNorm (with its residual add) moves what RMSNorm does
+STREAM_PASSES = {**{op: passes for op, (passes, _) in _STREAM_TRAFFIC.items()}, "gelu": 2,
+                 "layernorm": _STREAM_TRAFFIC["rmsnorm"][0]}
 SMALL = 64  # token counts below this are scored apart: launch- and bandwidth-bound, their own goal
+TOKEN_BINS = (1, 16, 64, 256, 1024, 4096, 1 << 20)  # held-out error against token count, per bin
 
 
 def group_of(op: str) -> str:
@@ -117,13 +122,17 @@ def op_scores(rows: Any, fit: GroupFit) -> list[dict[str, Any]]:
         score = {"op": op, "group": fit.group, "points": int(mine.sum()),
                  "models": sorted(rows.loc[mine, "model"].unique()),
                  "in_sample_mape": float(ins.mean()),
-                 "held_out_mape_small": None, "held_out_mape_large": None, "held_out_by_model": None}
+                 "held_out_mape_small": None, "held_out_mape_large": None, "held_out_by_model": None,
+                 "held_out_by_tokens": None}
         if fit.held_out is not None:
             ape = np.abs(fit.held_out / seconds - 1)
             score["held_out_mape_small"] = _mape(ape[mine & small])
             score["held_out_mape_large"] = _mape(ape[mine & ~small])
             score["held_out_by_model"] = {m: _mape(ape[mine & (rows["model"] == m).to_numpy()])
                                           for m in score["models"]}
+            tokens = rows["tokens"].to_numpy()
+            score["held_out_by_tokens"] = {f"{lo}-{hi - 1}": _mape(ape[mine & (tokens >= lo) & (tokens < hi)])
+                                           for lo, hi in zip(TOKEN_BINS, TOKEN_BINS[1:])}
         out.append(score)
     return out
 
@@ -152,21 +161,78 @@ def calibrate_gpu(gpu: str, data_dir: Path, log=print) -> dict[str, Any]:
     }
 
 
+def datasheet(gpu: str, conf_dir: Path = REPO_ROOT / "conf" / "hardware") -> HardwareSpec:
+    """The hardware config whose `public_fit` is `gpu`: the datasheet a transfer scales by."""
+    from omegaconf import OmegaConf
+
+    for path in sorted(conf_dir.glob("*.yaml")):
+        spec = HardwareSpec.from_config(OmegaConf.to_container(OmegaConf.load(path)))
+        if spec.public_fit == gpu:
+            return spec
+    raise ValueError(f"no conf/hardware config has public_fit: {gpu}; add one to transfer from or to it")
+
+
+def transfer_scores(data_dir: Path, directory: Path = CALIBRATION_DIR, log=print) -> dict[str, Any]:
+    """Leave-one-GPU-out: each GPU's laws, scaled by datasheet ratios to another public GPU, against
+    that GPU's measurements, with and without the source's learned correction."""
+    from .public import scaled_law
+
+    gpus = [g for g in PUBLIC_GPUS if calibration_path(g, directory).is_file()]
+    tables = {g: read_public(data_dir, g) for g in gpus}
+    pairs = []
+    for source in gpus:
+        laws = {k: ShapeLaw.from_json(v) for k, v in json.loads(calibration_path(source, directory).read_text())["laws"].items()}
+        src = datasheet(source)
+        for target in gpus:
+            if target == source:
+                continue
+            tgt = datasheet(target)
+            compute, memory = src.peak_flops / tgt.peak_flops, src.mem_bandwidth / tgt.mem_bandwidth
+            table = tables[target]
+            table = table[table["op"].map(group_of).isin(laws)].reset_index(drop=True)
+            seconds = table["median_ms"].to_numpy() * 1e-3
+            f = _features(table)
+            groups = table["op"].map(group_of).to_numpy()
+            result = {"source": source, "target": target, "compute_scale": compute, "memory_scale": memory}
+            for keep in (False, True):
+                pred = np.zeros(len(seconds))
+                for group, law in laws.items():
+                    at = groups == group
+                    pred[at] = _predict(scaled_law(law, compute, memory, keep), {k: v[at] for k, v in f.items()})
+                ape = np.abs(pred / seconds - 1)
+                linear = table["op"].isin(GEMM_GROUP).to_numpy()
+                result["with_correction" if keep else "roofline_only"] = {
+                    "all": float(ape.mean()), "linear": float(ape[linear].mean()),
+                    "elementwise": float(ape[~linear].mean())}
+            log(f"  {source} -> {target}: MAPE roofline only {result['roofline_only']['all']:.1%}, "
+                f"with the source's correction {result['with_correction']['all']:.1%}")
+            pairs.append(result)
+    keep = float(np.mean([p["with_correction"]["all"] for p in pairs])) < float(np.mean([p["roofline_only"]["all"] for p in pairs]))
+    return {"created": datetime.date.today().isoformat(), "command": "python -m profiler.calibrate transfer",
+            "keep_correction": bool(keep), "pairs": pairs}
+
+
 def calibration_path(gpu: str, directory: Path = CALIBRATION_DIR) -> Path:
     return Path(directory) / f"public_{gpu}.json"
 
 
 def main(argv: list[str]) -> int:
     options = dict(arg.split("=", 1) for arg in argv if "=" in arg)
-    unknown = sorted(set(options) - {"gpu", "shared_data_dir", "out"}) + [a for a in argv if "=" not in a]
+    words = [a for a in argv if "=" not in a]
+    unknown = sorted(set(options) - {"gpu", "shared_data_dir", "out"}) + [a for a in words if a != "transfer"]
     if unknown:
-        print(f"error: unknown arguments {unknown}; use gpu=<{','.join(PUBLIC_GPUS)}> shared_data_dir=<dir> out=<dir>",
-              file=sys.stderr)
+        print(f"error: unknown arguments {unknown}; use [transfer] gpu=<{','.join(PUBLIC_GPUS)}> "
+              "shared_data_dir=<dir> out=<dir>", file=sys.stderr)
         return 2
     gpus = options.get("gpu", ",".join(PUBLIC_GPUS)).split(",")
     data_dir = Path(options.get("shared_data_dir", DEFAULT_SHARED_DATA_DIR))
     out = Path(options.get("out", CALIBRATION_DIR))
     try:
+        if "transfer" in words:  # after the GPUs' own calibrations: how well each carries over
+            path = out / "transfer.json"
+            path.write_text(json.dumps(transfer_scores(data_dir, out), indent=1))
+            print(f"wrote {path}")
+            return 0
         for gpu in gpus:
             calibration = calibrate_gpu(gpu, data_dir)
             out.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,7 @@ def stream_widths(model: ModelSpec, tp: int) -> dict[str, int]:
     d = model.head_dim
     heads, kv_heads = model.heads_per_rank(tp), model.kv_heads_per_rank(tp)
     return {"rmsnorm": model.hidden_size, "silu_mul": model.intermediate_size // tp,
-            "rope": (heads + kv_heads) * model.rotary_width, "kv_cache_write": 2 * kv_heads * d,
+            "rope": (heads + kv_heads) * d, "kv_cache_write": 2 * kv_heads * d,
             "embedding": model.hidden_size, "rope_cos_sin": d, "final_norm": model.hidden_size,
             "sampling": model.vocab_size}
 

@@ -26,7 +26,8 @@ from simulator.core.batch import BatchShape
 from simulator.core.model_spec import ModelSpec
 
 from .all_reduce import AllReduceModel
-from .cost_model import CostModel
+from .cost_model import CostModel, check_time_scale, engine_sources, scale_note
+from .engine_model import EngineModel
 from .fit import (ATTENTION, AttentionUnits, Law, all_reduces_per_iteration, gathered_logits_bytes, law_group,
                   linear_shapes, load_fit, stream_widths)
 from .hardware import HardwareSpec
@@ -42,9 +43,11 @@ class FittedCostModel(CostModel):
     name = "fitted"
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec, tp: int, profile_dir: str | Path | None = None,
-                 data_dir: Path | None = None, max_tokens: int = 16384, cache_dir: str | Path | None = None):
+                 data_dir: Path | None = None, max_tokens: int = 16384, cache_dir: str | Path | None = None,
+                 engine: EngineModel | None = None, time_scale: float = 1.0):
         """`profile_dir`: a directory written by `python -m profiler`; `data_dir` holds the measured
-        all-reduce tables (default ../shared/data); `cache_dir` the fitted laws (default .cache/fits)."""
+        all-reduce tables (default ../shared/data); `cache_dir` the fitted laws (default .cache/fits);
+        `engine` and `time_scale` as for `AnalyticalCostModel`."""
         if profile_dir is None:
             raise ValueError(f"cost_model={self.name} needs a profile: set `profile:` in the hardware "
                              "config to a measured profile dir (docs/profiler.md), or use cost_model=analytical")
@@ -53,11 +56,12 @@ class FittedCostModel(CostModel):
             raise ValueError(f"cost_model={self.name} prices the GPU backend's Llama operations, and model "
                              f"{model.name} is {model.architecture()}; use cost_model=public or analytical")
         self.model, self.hardware, self.tp = model, hardware, tp
+        self.engine = engine or EngineModel.flat(hardware)
+        self.time_scale = check_time_scale(time_scale)
         self.fit = load_fit(profile_dir, cache_dir)
         self._check_hardware()
         self._laws = self._rescaled_laws()
         self._all_reduce = None if tp == 1 else self._all_reduce_model(data_dir)
-        self._cpu_overhead = self._cpu_overhead_ms() * 1e-3
 
         shapes = {**linear_shapes(model, tp), **{op: (w,) for op, w in stream_widths(model, tp).items()}}
         self._shape_cols = {op: ({"k_in": s[0], "k_out": s[1]} if len(s) == 2 else {"width": s[0]})
@@ -66,7 +70,8 @@ class FittedCostModel(CostModel):
         self.label = self._describe(len(measured_shape), len(self.fit.residuals))
 
         # Attention, per iteration (all layers), in seconds per unit, as plain floats for batch_time.
-        law, units, layers = self._laws[ATTENTION], AttentionUnits.of(model, tp), model.num_layers
+        # Scaled by time_scale here, since batch_time adds attention to the (scaled) tables.
+        law, units, layers = self._laws[ATTENTION], AttentionUnits.of(model, tp), self.time_scale * model.num_layers
         prefill, decode = law.terms["prefill"], law.terms["decode"]
         self._att_fixed = layers * law.fixed_s
         self._att_per_seq = layers * law.per_seq_s
@@ -83,6 +88,10 @@ class FittedCostModel(CostModel):
         self._token_time: list[float] = []   # by token count: all but attention and the sampled-token ops
         self._sample_time: list[float] = []  # by sampled-token count
         self._grow(max_tokens)
+        origin = f"{self.name} profile {self.fit.directory}"
+        self.op_sources = {op: origin for op in [*self._token_ops, "attn_prefill", "attn_decode", *self._sample_ops]}
+        all_reduce = self._all_reduce.source if self._all_reduce else "no all-reduce"
+        self.op_sources.update(all_reduce=all_reduce, logits_all_gather=all_reduce, **engine_sources(self.engine))
 
     # ---- where the numbers come from (the transfer model overrides these) ------------------------
     def _check_hardware(self) -> None:
@@ -102,19 +111,14 @@ class FittedCostModel(CostModel):
                                   np.array(curve["nbytes"]), np.array(curve["seconds"]))
         return AllReduceModel.for_workers(self.hardware.all_reduce, self.tp, data_dir)
 
-    def _cpu_overhead_ms(self) -> float:
-        measured = self.fit.metadata.get("cpu_overhead_ms")
-        return self.hardware.cpu_overhead_ms if measured is None else float(measured)
-
     def _describe(self, at_measured_shape: int, with_residual: int) -> str:
         m = self.fit.metadata
         shapes = (f"{at_measured_shape} of {with_residual} ops with measured residuals at their measured shape"
                   if with_residual else "laws only")
-        overhead = ("measured" if m.get("cpu_overhead_ms") is not None else "hardware config")
         all_reduce = self._all_reduce.source if self._all_reduce else "no all-reduce"
         return (f"fitted to profile {self.fit.directory} measured on {m['device']} ({m['device_kind']}) "
                 f"{m['date']}; {self.model.name}, TP={self.tp}, {self.hardware.name}; {shapes}; "
-                f"{all_reduce}; CPU overhead {self._cpu_overhead * 1e3:g} ms/iteration ({overhead})")
+                f"{all_reduce}" + scale_note(self.time_scale))
 
     # ---- the interface ---------------------------------------------------------------------------
     def batch_time(self, batch: Any) -> float:
@@ -144,8 +148,8 @@ class FittedCostModel(CostModel):
         sampled = (decode + chunks).astype(int)
         if len(tokens) and tokens.max() >= len(self._token_time):
             self._grow(int(tokens.max()))
-        ops = {name: table[tokens] for name, table in self._token_ops.items()}
-        ops.update({name: table[sampled] for name, table in self._sample_ops.items()})
+        ops = {name: self.time_scale * table[tokens] for name, table in self._token_ops.items()}
+        ops.update({name: self.time_scale * table[sampled] for name, table in self._sample_ops.items()})
         p = self._att_p
         compute = c["prefill_attn_pairs"] * self._att_per_pair
         memory = c["prefill_kv_tokens"] * self._att_prefill_per_kv + prefill * self._att_prefill_per_query
@@ -171,12 +175,13 @@ class FittedCostModel(CostModel):
         ops.update({op: self._op(op, n) for op in ITERATION_OPS})
         if self._all_reduce is not None:
             ops["all_reduce"] = all_reduces_per_iteration(m) * self._all_reduce.seconds(n * m.hidden_size * m.dtype_bytes)
-        ops["cpu_overhead"] = np.full_like(n, self._cpu_overhead)
+        ops["engine_iteration"] = self.engine.iteration_seconds(n)
         self._token_ops = {k: np.where(n > 0, v, 0.0) for k, v in ops.items()}
 
         sample = {op: self._op(op, n) for op in SAMPLE_OPS}
         if self._all_reduce is not None:  # as the analytical model and backend/collectives.py charge it
             sample["logits_all_gather"] = self._all_reduce.all_gather_seconds(gathered_logits_bytes(m, n))
+        sample["engine_requests"] = self.engine.request_seconds(n)  # n sampled tokens: one per request
         self._sample_ops = {k: np.where(n > 0, v, 0.0) for k, v in sample.items()}
-        self._token_time = sum(self._token_ops.values()).tolist()
-        self._sample_time = sum(self._sample_ops.values()).tolist()
+        self._token_time = (self.time_scale * sum(self._token_ops.values())).tolist()
+        self._sample_time = (self.time_scale * sum(self._sample_ops.values())).tolist()

@@ -11,9 +11,9 @@ median time of every non-attention op of one layer on one rank's shard. They map
 | `attn_post_proj` (O)                    | `o_proj`        | heads x head_dim / tp -> hidden                         |
 | `mlp_up_proj` (gate and up fused)       | `gate_up_proj`  | hidden -> 2 x intermediate / tp (intermediate / tp when not gated) |
 | `mlp_down_proj`                         | `down_proj`     | intermediate / tp -> hidden                              |
-| `input_layernorm` + `add`, `post_attention_layernorm` + `add` | `rmsnorm` | our op is the residual add and the norm together: one row per norm of the layer |
+| `input_layernorm` + `add`, `post_attention_layernorm` + `add` | `rmsnorm` | hidden; our op is the residual add and the norm together: one row per norm of the layer (Phi-2: LayerNorm, our op `layernorm`) |
 | `mlp_act` (fused SiLU-and-multiply)     | `silu_mul`      | intermediate / tp wide (Phi-2: GELU, our op `gelu`)      |
-| `attn_rope`                             | `rope`          | (heads + kv heads) x rotary dims / tp                    |
+| `attn_rope`                             | `rope`          | (heads + kv heads) x head_dim / tp (Phi-2's partial rotary too: its times scale with the whole rows) |
 | `emb` (vocab-parallel embedding)        | `embedding`     | hidden (once per iteration)                              |
 
 How these differ from what `python -m profiler` measures: they are fp16 kernel sums (torch profiler,
@@ -62,7 +62,7 @@ OP_COLUMNS = {"qkv_proj": ("attn_pre_proj",), "o_proj": ("attn_post_proj",), "ga
               "down_proj": ("mlp_down_proj",), "rope": ("attn_rope",), "embedding": ("emb",),
               "silu_mul": ("mlp_act",)}
 NORM_COLUMNS = (("input_layernorm", "add"), ("post_attention_layernorm", "add"))
-PUBLIC_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "rmsnorm", "silu_mul", "gelu", "rope", "embedding")
+STREAM_WIDTH_OF = {"gelu": "silu_mul", "layernorm": "rmsnorm"}  # other kernels over the same tensors
 
 
 def compute_dir(data_dir: Path) -> Path:
@@ -132,7 +132,8 @@ def _rows(path: Path, spec: ModelSpec, conf_name: str) -> Any:
               {c for cols in OP_COLUMNS.values() for c in cols} | {c for pair in norms for c in pair}}
         calls = [(op, sum(ms[c] for c in cols)) for op, cols in OP_COLUMNS.items()]
         calls = [("gelu" if op == "silu_mul" and not spec.gated_mlp else op, t) for op, t in calls]
-        calls += [("rmsnorm", ms[norm] + ms[add]) for norm, add in norms]
+        norm_op = "rmsnorm" if spec.norm == "rmsnorm" else "layernorm"  # different kernels, own laws
+        calls += [(norm_op, ms[norm] + ms[add]) for norm, add in norms]
         for op, times in calls:
             rows = pd.DataFrame({"op": op, "kind": "public", "tokens": tokens})
             for col in COLUMNS[2:]:
@@ -140,7 +141,7 @@ def _rows(path: Path, spec: ModelSpec, conf_name: str) -> Any:
             if op in gemm:
                 rows["k_in"], rows["k_out"] = gemm[op]
             else:
-                rows["width"] = widths["silu_mul" if op == "gelu" else op]
+                rows["width"] = widths[STREAM_WIDTH_OF.get(op, op)]
             rows["n_repeats"], rows["median_ms"] = 20, times
             rows["p10_ms"] = rows["p90_ms"] = times  # the public files give min/max, not percentiles
             rows["model"], rows["tp"] = conf_name, tp

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .all_reduce import AllReduceModel
 from .fit import Law
+from .cost_model import scale_note
 from .fitted import FittedCostModel
 from .hardware import HardwareSpec
 
@@ -44,9 +45,6 @@ class TransferCostModel(FittedCostModel):
     def _all_reduce_model(self, data_dir: Path | None) -> AllReduceModel:
         return AllReduceModel.for_workers(self.hardware.all_reduce, self.tp, data_dir)
 
-    def _cpu_overhead_ms(self) -> float:
-        return self.hardware.cpu_overhead_ms
-
     def _describe(self, at_measured_shape: int, with_residual: int) -> str:
         m, source = self.fit.metadata, self.source
         compute, memory = self._scales()
@@ -56,5 +54,4 @@ class TransferCostModel(FittedCostModel):
                 f"(bf16 {source.peak_bf16_tflops:g} -> {self.hardware.peak_bf16_tflops:g} TFLOP/s), "
                 f"memory time x {memory:.3g} (HBM {source.mem_bandwidth_gbps:g} -> "
                 f"{self.hardware.mem_bandwidth_gbps:g} GB/s), fixed times kept; {self.model.name}, "
-                f"TP={self.tp}; {all_reduce}; CPU overhead {self._cpu_overhead * 1e3:g} ms/iteration "
-                "(hardware config)")
+                f"TP={self.tp}; {all_reduce}" + scale_note(self.time_scale))

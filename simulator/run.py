@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from profiler.cost_model import CostModel, cost_model_for
+from profiler.engine_model import engine_model_for
 from profiler.hardware import HardwareSpec
 
 from .core.kv_capacity import kv_capacity
@@ -29,11 +30,11 @@ from .engine import simulate
 from .router import Router
 from .memory import check_memory
 from .outputs import write_run
-from .run_dir import check_output_dir
+from .run_dir import check_output_dir, check_writable
 
 PROGRESS_MIN_REQUESTS = 20_000  # shorter runs finish in a few seconds
 _REQUIRED_KEYS = {"model", "hardware", "scheduler", "workload", "parallel", "engine"}
-_TOP_KEYS = {*_REQUIRED_KEYS, "overwrite", "cost_model",
+_TOP_KEYS = {*_REQUIRED_KEYS, "overwrite", "cost_model", "engine_model",
              "cluster", "outputs", "shared_data_dir", "output_dir", "compat"}
 CLUSTER_DEFAULTS = {"num_replicas": 1, "router": "round_robin", "seed": 0}
 OUTPUTS_DEFAULTS = {"tokens": True, "batches": True, "chrome_trace": False}
@@ -113,7 +114,9 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
     workload = workload_from_config(cfg["workload"], data_dir)
     # without the token table (outputs.tokens=false) memory does not grow with the output tokens
     check_memory(len(workload), int(workload.decode.sum()) if outputs["tokens"] else 0)
-    cost_model = cost_model_for(model, cfg["hardware"], tp, cfg.get("cost_model", "auto"), data_dir=data_dir)
+    engine_model = engine_model_for(cfg.get("engine_model", "hardware"), hardware)
+    cost_model = cost_model_for(model, cfg["hardware"], tp, cfg.get("cost_model", "auto"), data_dir=data_dir,
+                                engine=engine_model)
     cluster = {**CLUSTER_DEFAULTS, **(cfg.get("cluster") or {})}
     if cluster["seed"] is None:
         cluster["seed"] = CLUSTER_DEFAULTS["seed"]
@@ -139,8 +142,9 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
     overwrite = cfg.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise ValueError(f"overwrite={overwrite!r} must be true or false")
-    check_output_dir(out_dir, overwrite)
+    check_writable(out_dir, "output_dir")
     setup = prepare(cfg)
+    check_output_dir(out_dir, overwrite)  # after every config check: overwrite=true removes old outputs
     log(setup.capacity_line)
     num_replicas = setup.cluster["num_replicas"]
     schedulers = [make_scheduler(setup.scheduler_name, setup.scheduler_config, setup.num_blocks)
@@ -169,6 +173,7 @@ def run_simulation(cfg: Mapping[str, Any], out_dir: str | Path, log=print, progr
         "tp": setup.tp,
         "hardware": setup.hardware.name,
         "cost_model": setup.cost_model.label,
+        "cost_sources": setup.cost_model.op_sources,
         "workload": setup.workload.description,
         "kv_cache_blocks": setup.num_blocks,
         "compat": setup.scheduler_config.compat,

@@ -275,7 +275,8 @@ def test_breakdown_sums_to_batch_time(synthetic, cache, yi, request, name, hardw
     np.testing.assert_allclose(sum(ops.values()), expected, rtol=1e-9, atol=0)
     assert all(np.all(v >= 0) for v in ops.values())
     assert expected[0] == 0.0
-    assert {"qkv_proj", "attn_prefill", "attn_decode", "lm_head", "sampling", "cpu_overhead"} <= set(ops)
+    assert {"qkv_proj", "attn_prefill", "attn_decode", "lm_head", "sampling", "engine_iteration",
+            "engine_requests"} <= set(ops)
     batch = Batch(decodes=[None] * 3, prefills=[None] * 2, num_prefill_tokens=700, decode_kv_tokens=3000,
                   prefill_kv_tokens=900, prefill_attn_pairs=250_000)
     assert cost_model.batch_time(batch) == cost_model.batch_time(BatchShape(700, 3, 2, 3000, 900, 250_000))
@@ -366,11 +367,14 @@ def test_predict_prints_csv(synthetic, cache):
         assert total and ops == pytest.approx(total[0], rel=1e-4)
 
 
-def test_predict_without_profile_is_analytical():
+def test_predict_without_profile_is_public_else_analytical():
     result = run_module("profiler.predict", "parallel.tp=1", "profiler.tokens=[8]")
     assert result.returncode == 0, result.stderr
     comment, rows = parse_prediction(result.stdout)
-    assert comment.startswith("# cost model: analytical") and len(rows) > 10
+    assert comment.startswith("# cost model: public: calibrated") and len(rows) > 10
+    result = run_module("profiler.predict", "parallel.tp=1", "profiler.tokens=[8]", "hardware.public_fit=null")
+    assert result.returncode == 0, result.stderr
+    assert parse_prediction(result.stdout)[0].startswith("# cost model: analytical")
 
 
 def test_accuracy_prints_held_out_errors(synthetic, cache, tmp_path):
@@ -386,14 +390,15 @@ def test_cost_model_for(tmp_path, synthetic, cache, yi):
     conf = tmp_path / "hardware"
     conf.mkdir()
     h100_cfg, a100_cfg = load_yaml("hardware", "h100_80gb_hbm3.yaml"), load_yaml("hardware", "a100_80gb_pcie_nvlink.yaml")
+    h100_cfg, a100_cfg = ({**cfg, "profile": None, "public_fit": None} for cfg in (h100_cfg, a100_cfg))
     for name, cfg in (("h100", h100_cfg), ("a100", a100_cfg)):
-        OmegaConf.save({**cfg, "profile": None}, conf / f"{name}.yaml")
+        OmegaConf.save(cfg, conf / f"{name}.yaml")
     assert cost_model_for(yi, a100_cfg, 2, conf_dir=conf).name == "analytical"
     with pytest.raises(ValueError) as err:
         cost_model_for(yi, a100_cfg, 2, "fitted", conf_dir=conf)
     assert str(err.value) == ("cost_model=fitted needs a measured profile, and no conf/hardware config ships "
-                              "one yet (profile: null); use cost_model=analytical or run the profiler on a "
-                              "GPU (docs/profiler.md)")
+                              "one yet (profile: null); use cost_model=public or analytical, or run the "
+                              "profiler on a GPU (docs/profiler.md)")
     with pytest.raises(ValueError, match="cost_model='profiled' is unknown"):
         cost_model_for(yi, a100_cfg, 2, "profiled", conf_dir=conf)
     # A given profile: fitted on the hardware it was measured for, transfer elsewhere.
@@ -411,8 +416,9 @@ def test_auto_resolution(tmp_path, synthetic):
     conf = tmp_path / "hardware"
     conf.mkdir()
     h100_cfg, a100_cfg = load_yaml("hardware", "h100_80gb_hbm3.yaml"), load_yaml("hardware", "a100_80gb_pcie_nvlink.yaml")
-    OmegaConf.save({**h100_cfg, "profile": None}, conf / "h100.yaml")
-    OmegaConf.save({**a100_cfg, "profile": None}, conf / "a100.yaml")
+    h100_cfg, a100_cfg = ({**cfg, "profile": None, "public_fit": None} for cfg in (h100_cfg, a100_cfg))
+    OmegaConf.save(h100_cfg, conf / "h100.yaml")
+    OmegaConf.save(a100_cfg, conf / "a100.yaml")
     assert resolve_cost_model_name(a100_cfg, "auto", conf) == "analytical"
     assert resolve_cost_model_name(a100_cfg, "fitted", conf) == "fitted"  # explicit requests pass through
     OmegaConf.save({**h100_cfg, "profile": str(synthetic)}, conf / "h100.yaml")

@@ -36,7 +36,9 @@ class ModelSpec:
     norm: str = "rmsnorm"         # rmsnorm | layernorm (same traffic; named so reports say what ran)
     qkv_bias: bool = False        # biases on the QKV projection (Qwen, Phi-2)
     parallel_block: bool = False  # attention and MLP from one norm, one all-reduce per layer (Phi-2, GPT-J)
-    rotary_dim: int | None = None  # head dimensions that get rotary embeddings; null: all of head_dim
+    # Head dimensions that get rotary embeddings (null: all). Costs do not change with it: the
+    # public measurements of partial rotary (Phi-2) scale with the whole query and key rows.
+    rotary_dim: int | None = None
 
     MLPS = ("gated_silu", "gelu")
     NORMS = ("rmsnorm", "layernorm")
@@ -80,10 +82,6 @@ class ModelSpec:
     @property
     def norms_per_layer(self) -> int:
         return 1 if self.parallel_block else 2
-
-    @property
-    def rotary_width(self) -> int:
-        return self.rotary_dim or self.head_dim
 
     def check_tp(self, tp: int) -> None:
         """Megatron sharding needs every split dimension to divide evenly by `tp`."""
