@@ -32,7 +32,7 @@ from packaging.requirements import Requirement
 GPU_COMMAND_MODULES = (
     "backend.run", "backend.tp", "backend.engine", "backend.gpus",
     "bench.attention_bench", "bench.backend_efficiency",
-    "pytest", "tests.test_attention", "tests.test_backend_cpu",
+    "pytest", "tests.test_attention", "tests.test_backend_cpu", "tests.test_simulator",
     "profiler.__main__", "profiler.accuracy", "profiler.fit", "profiler.fitted",
     "experiments.validate", "experiments.fig1", "experiments.report",
 )
