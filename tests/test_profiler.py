@@ -367,14 +367,15 @@ def test_predict_prints_csv(synthetic, cache):
         assert total and ops == pytest.approx(total[0], rel=1e-4)
 
 
-def test_predict_without_profile_is_public_else_analytical():
+def test_predict_without_profile_uses_the_public_fit():
     result = run_module("profiler.predict", "parallel.tp=1", "profiler.tokens=[8]")
     assert result.returncode == 0, result.stderr
     comment, rows = parse_prediction(result.stdout)
-    assert comment.startswith("# cost model: public: calibrated") and len(rows) > 10
+    assert comment.startswith("# cost model: public: calibrated: public per-op measurements of H100") and len(rows) > 10
+    # Without its own public fit the H100 borrows the one of the GPU with the nearest datasheet.
     result = run_module("profiler.predict", "parallel.tp=1", "profiler.tokens=[8]", "hardware.public_fit=null")
     assert result.returncode == 0, result.stderr
-    assert parse_prediction(result.stdout)[0].startswith("# cost model: analytical")
+    assert parse_prediction(result.stdout)[0].startswith("# cost model: public: calibrated: transfer from the public fit")
 
 
 def test_accuracy_prints_held_out_errors(synthetic, cache, tmp_path):
