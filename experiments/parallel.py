@@ -36,7 +36,8 @@ def ray_session(ray_cfg: Mapping[str, Any]) -> Iterator[Any]:
     try:
         if started_here:
             options = init_options(ray_cfg)
-            with ctrl_c_deferred():
+            # Joining a cluster starts nothing here, and may retry for a minute: Ctrl-C stays live.
+            with ctrl_c_deferred() if options["address"] == "local" else contextlib.nullcontext():
                 try:
                     ray.init(**options)
                 except ConnectionError as exc:
