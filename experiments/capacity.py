@@ -122,22 +122,14 @@ def resolve_slos(slos: Mapping[str, Any], delay_bound: float, reference_s: float
 
 
 # ---- probes --------------------------------------------------------------------------------------
-def split_probe(spec: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
-    """A probe is a run config plus, under `time_scale`, the factor the band applies to every
-    modelled batch time (`simulate(time_scale=)`; not a key of the run config)."""
-    run_cfg = dict(spec)
-    return run_cfg, float(run_cfg.pop("time_scale", 1.0))
-
-
-def probe(spec: dict[str, Any]) -> dict[str, Any]:
+def probe(run_cfg: dict[str, Any]) -> dict[str, Any]:
     """One simulation at the config's QPS; the metrics the SLOs read (no files written)."""
     wall = time.perf_counter()
-    run_cfg, time_scale = split_probe(spec)
     setup = prepare(run_cfg)
     schedulers = [make_scheduler(setup.scheduler_name, setup.scheduler_config, setup.num_blocks)
                   for _ in range(setup.cluster["num_replicas"])]
     tables = simulate(make_requests(setup.workload), schedulers, setup.cost_model.batch_time,
-                      setup.make_router(), time_scale=time_scale).finalize()
+                      setup.make_router()).finalize()
     tbt = tables.tokens["tbt"]
     tbt = tbt[~np.isnan(tbt)]
     req = tables.requests
@@ -184,7 +176,7 @@ class Configuration:
     scheduler: dict[str, Any]
     slo: SLO
     time_scale: float
-    runs: dict[int, dict[str, Any]]  # seed -> probe (run config and time scale) without its QPS
+    runs: dict[int, dict[str, Any]]  # seed -> run config without its QPS
 
 
 def run_config(config: Mapping[str, Any], scheduler: dict[str, Any], seed: int, time_scale: float) -> dict[str, Any]:
@@ -194,8 +186,10 @@ def run_config(config: Mapping[str, Any], scheduler: dict[str, Any], seed: int, 
     workload.update(num_requests=cap["num_requests"], seed=seed)
     workload["arrival"]["kind"] = "poisson"
     run_cfg.update(scheduler=scheduler, workload=workload, output_dir=None)
-    if time_scale != 1.0:
-        run_cfg["time_scale"] = time_scale
+    if time_scale != 1.0:  # every modelled time x the factor; cost_model is a name or {name, time_scale}
+        cost_model = run_cfg.get("cost_model", "auto")
+        cost_model = dict(cost_model) if isinstance(cost_model, dict) else {"name": cost_model}
+        run_cfg["cost_model"] = {**cost_model, "time_scale": time_scale}
     return run_cfg
 
 
@@ -308,7 +302,7 @@ def main(cfg: DictConfig) -> None:
         cap = config["capacity"]
         configs = plan(config)
         for conf in configs:  # every config error surfaces here, before Ray starts
-            prepare(split_probe(with_qps(next(iter(conf.runs.values())), 1.0))[0])
+            prepare(with_qps(next(iter(conf.runs.values())), 1.0))
         out_dir = Path(config["output_dir"])
         cache = ProbeCache(cap.get("cache_dir"))
         wall = time.perf_counter()

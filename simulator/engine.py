@@ -25,19 +25,13 @@ from .router import Router
 def simulate(requests: Sequence[Request], schedulers: Scheduler | Sequence[Scheduler],
              batch_time: Callable[[Batch], float], router: Router | None = None,
              on_progress: Callable[[int], None] | None = None, keep_tokens: bool = True,
-             keep_batches: bool = True, time_scale: float = 1.0) -> MetricsRecorder:
+             keep_batches: bool = True) -> MetricsRecorder:
     """Run all `requests` (ids 0..n-1, sorted by arrival) to completion; returns the recorder.
 
     With several schedulers (one per replica) a `router` assigns each arrival to a replica, and
     every batch row carries its `replica` index. `keep_tokens=False`, `keep_batches=False`: no
     token or batch table, only what the summary needs (memory then grows far slower).
-    `time_scale` multiplies every batch time: the same run on a model that far off, uniformly.
     """
-    if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not time_scale > 0:
-        raise ValueError(f"time_scale={time_scale!r} must be a number > 0 (1: as modelled)")
-    if time_scale != 1.0:
-        modelled = batch_time
-        batch_time = lambda batch: time_scale * modelled(batch)  # noqa: E731
     replicas = [schedulers] if isinstance(schedulers, Scheduler) else list(schedulers)
     if router is None:
         if len(replicas) > 1:
