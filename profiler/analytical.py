@@ -101,13 +101,16 @@ class AnalyticalCostModel(CostModel):
     def breakdown(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         c = {k: np.asarray(columns[k], dtype=float) for k in BatchShape.FIELDS}
         prefill, decode, chunks = c["num_prefill_tokens"], c["num_decode_tokens"], c["num_prefills"]
-        ops = {k: self.time_scale * v for k, v in self._token_ops(prefill + decode).items()}
+        tokens, sampled = (prefill + decode).astype(int), (decode + chunks).astype(int)
+        if len(tokens) and tokens.max() >= len(self._token_time):
+            self._grow(int(tokens.max()))
+        # From the tables batch_time reads (a calibrated op's law is too slow to evaluate per batch).
+        ops = {k: self.time_scale * table[tokens] for k, table in self._token_tables.items()}
         ops["attn_prefill"] = np.where(chunks > 0, self._attention(
             prefill, c["prefill_kv_tokens"], c["prefill_attn_pairs"], np.maximum), 0.0)
         kv = c["decode_kv_tokens"]
         ops["attn_decode"] = np.where(decode > 0, self._attention(decode, kv, kv, np.maximum), 0.0)
-        sample_ops = self._sample_ops(decode + chunks)
-        ops.update({k: self.time_scale * v for k, v in sample_ops.items()})
+        ops.update({k: self.time_scale * table[sampled] for k, table in self._sample_tables.items()})
         return ops
 
     # ---- operations --------------------------------------------------------------------------
@@ -179,6 +182,7 @@ class AnalyticalCostModel(CostModel):
         """Tabulate the token-count-only operations for 0 .. at least `tokens`."""
         n = np.arange(max(tokens + 1, 2 * len(self._token_time)), dtype=float)
         token_ops, sample_ops = self._token_ops(n), self._sample_ops(n)
+        self._token_tables, self._sample_tables = token_ops, sample_ops  # per op, by token / sampled count
         self._op_names = [*token_ops, "attn_prefill", "attn_decode", *sample_ops]  # what `breakdown` returns
         self._token_time = (self.time_scale * sum(token_ops.values())).tolist()
         self._sample_time = (self.time_scale * sum(sample_ops.values())).tolist()
