@@ -31,7 +31,8 @@ from simulator.core.model_spec import ModelSpec
 from .fit import ALL_REDUCE, COLUMNS, PROFILE_METADATA, PROFILE_TABLE, REPO_ROOT
 from .hardware import HardwareSpec
 from .measure import CpuTimer, CudaTimer, measure_all_reduce, summarize
-from .ops import TORCH_CALLS, ShardOps, plan, token_counts
+from .grid import plan, token_counts
+from .ops import TORCH_CALLS, ShardOps
 
 ALL_REDUCE_MODES = ("auto", "measure", "table")
 

@@ -1,12 +1,13 @@
 """The profiler pipeline: measuring (on the CPU here), fitting, the fitted and transfer cost models,
 the predict and accuracy commands, and what `cost_model: auto` resolves to.
 
-Fits are checked on synthetic profiles: the rows the real profiler would measure (`profiler.ops.plan`),
+Fits are checked on synthetic profiles: the rows the real profiler would measure (`profiler.grid.plan`),
 timed by known laws plus noise, so that what the fit should recover is known exactly.
 """
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -17,15 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from profiler.cost_model import build_cost_model, cost_model_for, resolve_cost_model_name, shipped_profile_dir
 from profiler.fit import (ALL_REDUCE, ATTENTION, COLUMNS, DECODER_LAYER, SHAPE_COLUMNS, Law, Roofline,
                           features, law_group, load_fit)
 from profiler.hardware import HardwareSpec
-from profiler.measure import measure_all_reduce
-from profiler.ops import plan
+from profiler.grid import plan
 from simulator.core.batch import Batch, BatchShape
 from simulator.core.model_spec import ModelSpec
 from tests.test_cost_model import columns, random_shapes
@@ -124,6 +123,12 @@ def cache(tmp_path_factory) -> Path:
 
 
 # ---- measuring ----------------------------------------------------------------------------------
+# Measuring runs the backend's ops in torch; the fits and cost models below need no torch.
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch (the cpu extra: pip install -e '.[cpu]'): "
+                                 "the profiler times the backend's torch ops")
+
+
 def run_profiler(root: Path, device: str) -> None:
     """`python -m profiler` end to end: tiny model, quick grid."""
     overrides = [f"model.{k}={v}" for k, v in TINY.items()]
@@ -140,6 +145,7 @@ def cpu_profile(tmp_path_factory) -> Path:
     return root / "cpu_tiny_tp2"
 
 
+@needs_torch
 def test_profiler_writes_table_and_metadata_on_cpu(cpu_profile):
     table = pd.read_csv(cpu_profile / "profile.csv", keep_default_na=False)
     assert list(table.columns) == list(COLUMNS)
@@ -159,6 +165,7 @@ def test_profiler_writes_table_and_metadata_on_cpu(cpu_profile):
     assert meta["all_reduce"].startswith("not measured")
 
 
+@needs_torch
 def test_cpu_profile_fits_and_prices(cpu_profile, cache):
     fit = load_fit(cpu_profile, cache)
     assert {s.op for s in fit.scores} >= {"qkv_proj", ATTENTION, "sampling"}
@@ -169,19 +176,32 @@ def test_cpu_profile_fits_and_prices(cpu_profile, cache):
     assert cost_model.batch_time(BatchShape(16, 2, 1, 40, 16, 136)) > 0
 
 
+@needs_torch
 def test_all_reduce_timed_across_processes():
+    from profiler.measure import measure_all_reduce
+
     rows = measure_all_reduce(2, [4096, 65536], "gloo", warmup=1, repeats=2)
     assert [r["nbytes"] for r in rows] == [4096, 65536]
     assert all(r["num_workers"] == 2 and 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] for r in rows)
 
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: CUDA-event timing and "
+def _cuda() -> bool:
+    if not HAS_TORCH:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+needs_gpu = pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU: CUDA-event timing and "
                                "the Triton attention kernel run only there (backend/gpu_procedure.sh measures the "
                                "shipped profile)")
 
 
 @needs_gpu
 def test_cuda_timer_times_a_gemm():
+    import torch
+
     from profiler.measure import CudaTimer
 
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
