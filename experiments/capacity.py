@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator, Mapping
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from simulator.cli import run_or_exit, to_dict
+from simulator.cli import command, run_command, to_dict
 from simulator.core.batch import BatchShape
 from simulator.core.schedulers import make_scheduler
 from simulator.engine import simulate
@@ -294,7 +293,7 @@ def describe(entry: Mapping[str, Any]) -> str:
             f"tolerance; P99 TBT <= {entry['p99_tbt_bound_s']:.3f} s)")
 
 
-@hydra.main(config_path="../conf", config_name="capacity", version_base="1.3")
+@command("capacity")
 def main(cfg: DictConfig) -> None:
     config = to_dict(cfg)
 
@@ -322,8 +321,8 @@ def main(cfg: DictConfig) -> None:
         (out_dir / "capacity.json").write_text(json.dumps(entries, indent=1) + "\n")
         return write_capacity_report(entries, out_dir / "capacity_report.html", config)
 
-    print(f"report: {run_or_exit(go)}")
+    print(f"report: {go()}")
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

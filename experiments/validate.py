@@ -32,7 +32,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import hydra
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -40,7 +39,7 @@ from omegaconf import DictConfig
 from plotly.subplots import make_subplots
 
 from profiler.cost_model import CostModel
-from simulator.cli import run_or_exit, to_dict
+from simulator.cli import command, run_command, to_dict
 from simulator.core.batch import BatchShape
 from simulator.core.paths import REPO_ROOT
 from simulator.run import prepare, run_simulation
@@ -456,14 +455,14 @@ def _error_vs_composition(iterations: pd.DataFrame, pairs: list[Pair]) -> str:
     return fig_html(fig)
 
 
-@hydra.main(config_path="../conf", config_name="validate", version_base="1.3")
+@command("validate")
 def main(cfg: DictConfig) -> None:
     config = to_dict(cfg)
-    result = run_or_exit(lambda: run_validation(config, sys.argv))
+    result = run_validation(config, sys.argv)
     print(format_table(result))
     print(f"report: {Path(config['output_dir']) / 'validation_report.html'}")
     print(f"errors and pass/fail: {Path(config['output_dir']) / 'validation.json'}")
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

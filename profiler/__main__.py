@@ -19,13 +19,12 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, Sequence
 
-import hydra
 import torch
 import triton
 from omegaconf import DictConfig
 
 from backend.gpus import hardware_chosen, matching_hardware
-from simulator.cli import run_or_exit, to_dict
+from simulator.cli import command, run_command, to_dict
 from simulator.core.model_spec import ModelSpec
 
 from .fit import ALL_REDUCE, COLUMNS, PROFILE_METADATA, PROFILE_TABLE, REPO_ROOT
@@ -164,11 +163,10 @@ def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
     table.to_csv(path, index=False, float_format="%.6g")
 
 
-@hydra.main(config_path="../conf", config_name="profiler", version_base="1.3")
+@command("profiler")
 def main(cfg: DictConfig) -> None:
-    config = to_dict(cfg)
-    run_or_exit(lambda: profile(config, argv=sys.argv[1:]))
+    profile(to_dict(cfg), argv=sys.argv[1:])
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -124,17 +124,6 @@ def run_command(main: Callable[[], Any]) -> None:
         _exit(f"error: {exc} -- the outputs of this run are incomplete", EXIT_CONSERVATION)
 
 
-def run_or_exit(task: Callable[[], Any]) -> Any:
-    """`task()`, with user errors and a failed conservation check ending the process as one line
-    (for commands that are not yet wrapped in `run_command`)."""
-    try:
-        return task()
-    except USER_ERRORS as exc:
-        _exit(f"error: {exc}", EXIT_USER_ERROR)
-    except ConservationError as exc:
-        _exit(f"error: {exc} -- the outputs of this run are incomplete", EXIT_CONSERVATION)
-
-
 def _exit(line: str, code: int) -> None:
     sys.stdout.flush()
     print(line, file=sys.stderr, flush=True)
