@@ -157,11 +157,8 @@ def main() -> None:
 
         from . import public_accuracy
 
-        args = [a for a in sys.argv[1:] if a != "source=public"]
-        if len(args) == len(sys.argv) - 1:
-            raise SystemExit("error: source= takes only `public` (or give a profile directory)")
         try:
-            sys.exit(public_accuracy.main(args, DEFAULT_SHARED_DATA_DIR))
+            sys.exit(public_accuracy.main(sys.argv[1:], DEFAULT_SHARED_DATA_DIR))
         except (ValueError, FileNotFoundError) as exc:
             raise SystemExit(f"error: {exc}")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

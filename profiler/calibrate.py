@@ -56,7 +56,7 @@ def shape_features(op: str, tokens: Any, k_in: Any, k_out: Any, width: Any, dtyp
     return {"tokens": tokens, "n": width, "k": 1, "flops": np.zeros_like(tokens), "nbytes": nbytes}
 
 
-def _features(rows: Any) -> dict[str, np.ndarray]:
+def row_features(rows: Any) -> dict[str, np.ndarray]:
     parts = [shape_features(op, g["tokens"], g["k_in"], g["k_out"], g["width"]) for op, g in rows.groupby("op", sort=False)]
     index = np.concatenate([g.index.to_numpy() for _, g in rows.groupby("op", sort=False)])
     order = np.argsort(index)
@@ -64,7 +64,8 @@ def _features(rows: Any) -> dict[str, np.ndarray]:
             for k in parts[0]}
 
 
-def _predict(law: ShapeLaw, f: dict[str, np.ndarray]) -> np.ndarray:
+def law_seconds(law: ShapeLaw, f: dict[str, np.ndarray]) -> np.ndarray:
+    """`law` at the points of `shape_features` / `row_features`."""
     return law.seconds(f["tokens"], f["n"], f["k"], f["flops"], f["nbytes"])
 
 
@@ -87,7 +88,7 @@ class GroupFit:
 
 
 def fit_group(group: str, rows: Any, num_sms: int, log=print) -> GroupFit:
-    f = _features(rows)
+    f = row_features(rows)
     seconds = rows["median_ms"].to_numpy() * 1e-3
     models = rows["model"].to_numpy()
     names = sorted(set(models))
@@ -97,7 +98,7 @@ def fit_group(group: str, rows: Any, num_sms: int, log=print) -> GroupFit:
             pred = np.zeros(len(seconds))
             for name in names:
                 test = models == name
-                pred[test] = _predict(_fit(f, seconds, np.flatnonzero(~test), num_sms, correct), {k: v[test] for k, v in f.items()})
+                pred[test] = law_seconds(_fit(f, seconds, np.flatnonzero(~test), num_sms, correct), {k: v[test] for k, v in f.items()})
             held[correct] = pred
         mape = {c: float(np.mean(np.abs(p / seconds - 1))) for c, p in held.items()}
         corrected = mape[True] < mape[False]
@@ -107,7 +108,7 @@ def fit_group(group: str, rows: Any, num_sms: int, log=print) -> GroupFit:
     log(f"  {group:<12} {len(seconds):>6} rows, {len(names)} models: "
         + (f"held-out MAPE roofline {mape[False]:.2%}, +correction {mape[True]:.2%} -> "
            f"{'kept' if corrected else 'dropped'}" if mape else "one model (in-sample only)"))
-    return GroupFit(group, law, corrected, held.get(corrected), _predict(law, f),
+    return GroupFit(group, law, corrected, held.get(corrected), law_seconds(law, f),
                     {"roofline": mape.get(False), "roofline+correction": mape.get(True)})
 
 
@@ -163,10 +164,10 @@ def calibrate_gpu(gpu: str, data_dir: Path, log=print) -> dict[str, Any]:
 
 def datasheet(gpu: str, conf_dir: Path = REPO_ROOT / "conf" / "hardware") -> HardwareSpec:
     """The hardware config whose `public_fit` is `gpu`: the datasheet a transfer scales by."""
-    from omegaconf import OmegaConf
+    from .cost_model import hardware_configs
 
-    for path in sorted(conf_dir.glob("*.yaml")):
-        spec = HardwareSpec.from_config(OmegaConf.to_container(OmegaConf.load(path)))
+    for cfg in hardware_configs(conf_dir):
+        spec = HardwareSpec.from_config(cfg)
         if spec.public_fit == gpu:
             return spec
     raise ValueError(f"no conf/hardware config has public_fit: {gpu}; add one to transfer from or to it")
@@ -191,14 +192,14 @@ def transfer_scores(data_dir: Path, directory: Path = CALIBRATION_DIR, log=print
             table = tables[target]
             table = table[table["op"].map(group_of).isin(laws)].reset_index(drop=True)
             seconds = table["median_ms"].to_numpy() * 1e-3
-            f = _features(table)
+            f = row_features(table)
             groups = table["op"].map(group_of).to_numpy()
             result = {"source": source, "target": target, "compute_scale": compute, "memory_scale": memory}
             for keep in (False, True):
                 pred = np.zeros(len(seconds))
                 for group, law in laws.items():
                     at = groups == group
-                    pred[at] = _predict(scaled_law(law, compute, memory, keep), {k: v[at] for k, v in f.items()})
+                    pred[at] = law_seconds(scaled_law(law, compute, memory, keep), {k: v[at] for k, v in f.items()})
                 ape = np.abs(pred / seconds - 1)
                 linear = table["op"].isin(GEMM_GROUP).to_numpy()
                 result["with_correction" if keep else "roofline_only"] = {

@@ -107,7 +107,7 @@ def cost_model_for(model: ModelSpec, hardware_cfg: Mapping[str, Any], tp: int,
     if name == "transfer" and profile_dir is None:  # no profile anywhere: carry a public fit over
         source = _public_source(hardware_cfg, conf_dir)
         if source is None:
-            raise ValueError(f"cost_model=transfer needs a measured profile or a public fit of another GPU, and "
+            raise ValueError("cost_model=transfer needs a measured profile or a public fit of another GPU, and "
                              "no conf/hardware config has one; use cost_model=analytical")
         return build_cost_model(model, hardware, tp, name="public", data_dir=data_dir, source=source, **options)
     if name in MEASURED:
@@ -178,7 +178,7 @@ def _own_profile(hardware_cfg: Mapping[str, Any]) -> Path | None:
     return path
 
 
-def _hardware_configs(conf_dir: Path) -> list[dict[str, Any]]:
+def hardware_configs(conf_dir: Path) -> list[dict[str, Any]]:
     """Every hardware config in `conf_dir`, by file name (read once per content of the folder)."""
     paths = sorted(Path(conf_dir).glob("*.yaml"))
     return _read_configs(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths))
@@ -192,7 +192,7 @@ def _read_configs(files: tuple[tuple[str, int, int], ...]) -> list[dict[str, Any
 
 
 def _transfer_source(hardware_cfg: Mapping[str, Any], conf_dir: Path) -> Path | None:
-    for other in _hardware_configs(conf_dir):
+    for other in hardware_configs(conf_dir):
         if other.get("name") != hardware_cfg.get("name"):
             found = _own_profile(other)
             if found is not None:
@@ -205,7 +205,7 @@ def _public_source(hardware_cfg: Mapping[str, Any], conf_dir: Path) -> HardwareS
     HBM bandwidth, by log ratio): the GPU a transfer carries over from."""
     target = HardwareSpec.from_config(hardware_cfg)
     candidates = []
-    for order, cfg in enumerate(_hardware_configs(conf_dir)):
+    for order, cfg in enumerate(hardware_configs(conf_dir)):
         other = HardwareSpec.from_config(cfg)
         if other.public_fit and other.name != target.name:
             distance = (abs(np.log(other.peak_flops / target.peak_flops))

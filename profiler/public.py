@@ -29,7 +29,7 @@ from simulator.core.model_spec import ModelSpec
 
 from .analytical import AnalyticalCostModel
 from .cost_model import scale_note
-from .calibrate import CALIBRATION_DIR, GEMM_GROUP, calibration_path, group_of, shape_features
+from .calibrate import CALIBRATION_DIR, GEMM_GROUP, calibration_path, group_of, law_seconds, shape_features
 from .cross_model import Roofline, ShapeLaw
 from .fit import default_cache_dir, linear_shapes, stream_widths
 from .hardware import HardwareSpec
@@ -72,7 +72,6 @@ class PublicFitCostModel(AnalyticalCostModel):
                              "use cost_model=transfer or analytical")
         self.calibration = load_calibration(measured_on.public_fit, calibration_dir)
         laws = {group: ShapeLaw.from_json(d) for group, d in self.calibration["laws"].items()}
-        self.transferred_from = source
         if source is not None:
             compute, memory = source.peak_flops / hardware.peak_flops, source.mem_bandwidth / hardware.mem_bandwidth
             keep = transfer_keeps_correction(calibration_dir)
@@ -108,8 +107,8 @@ class PublicFitCostModel(AnalyticalCostModel):
         law = self._laws[group_of(law_op)]
 
         def compute() -> np.ndarray:
-            f = shape_features(law_op, np.maximum(n, 1.0), k_in, k_out, width, self.model.dtype_bytes)
-            return law.seconds(f["tokens"], f["n"], f["k"], f["flops"], f["nbytes"])
+            return law_seconds(law, shape_features(law_op, np.maximum(n, 1.0), k_in, k_out, width,
+                                                   self.model.dtype_bytes))
 
         if len(n) < 1024 or n[0] != 0 or n[-1] != len(n) - 1:
             return compute()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .calibrate import CALIBRATION_DIR, GEMM_GROUP, _features, _predict, calibration_path, group_of
+from .calibrate import CALIBRATION_DIR, GEMM_GROUP, calibration_path, group_of, law_seconds, row_features
 from .cross_model import ShapeLaw
 from .engine_fit import NAME as ENGINE_NAME
 from .engine_fit import engine_fit_text
@@ -112,7 +112,7 @@ def write_html(path: Path, directory: Path, gpus: list[str], data_dir: Path) -> 
             at = dict(row=i // cols + 1, col=i % cols + 1)
             if table is not None and (table["op"] == op).any():
                 mine = table[table["op"] == op].reset_index(drop=True)
-                predicted = _predict(laws[group_of(op)], _features(mine)) * 1e3
+                predicted = law_seconds(laws[group_of(op)], row_features(mine)) * 1e3
                 fig.add_trace(go.Scattergl(x=mine["median_ms"], y=predicted, mode="markers", name=c["name"],
                                            legendgroup=gpu, showlegend=i == 0, text=mine["model"],
                                            marker=dict(color=colors[gpu], size=3, opacity=0.5)), **at)
@@ -141,6 +141,8 @@ def main(argv: list[str], data_dir: Path) -> int:
     unknown = sorted(set(options) - {"source", "gpu", "html", "calibration_dir"}) + [a for a in argv if "=" not in a]
     if unknown:
         raise ValueError(f"unknown arguments {unknown}; use source=public [gpu=a100,h100,a40] [html=<file>]")
+    if options.get("source") != "public":
+        raise ValueError(f"source={options.get('source')!r}: only `public` (or give a profile directory instead)")
     gpus = options.get("gpu", ",".join(PUBLIC_GPUS)).split(",")
     bad = [g for g in gpus if g not in PUBLIC_GPUS]
     if bad:
