@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +64,8 @@ class AnalyticalCostModel(CostModel):
         # Attention, per layer, in seconds per unit: per (query, key) pair of compute, per KV token
         # read, per query token (read the query, write the output).
         # Scaled by time_scale here, since batch_time adds attention to the (scaled) tables.
-        units, scale = AttentionUnits.of(model, tp), self.time_scale
+        # Kept per iteration (all layers) as plain floats: batch_time inlines the formula.
+        units, scale = AttentionUnits.of(model, tp), self.time_scale * model.num_layers
         self._s_per_pair = scale * units.flops_per_pair / (hardware.peak_flops * eff.attention)
         self._s_per_kv_token = scale * units.bytes_per_kv_token / self._bandwidth
         self._s_per_query = scale * units.bytes_per_query / self._bandwidth
@@ -90,12 +91,20 @@ class AnalyticalCostModel(CostModel):
         if tokens >= len(self._token_time):
             self._grow(tokens)
         t = self._token_time[tokens] + self._sample_time[decodes + prefills]
+        # `_attention` inlined (comparisons, no calls): this runs once per simulated iteration.
         if decodes:
             kv = batch.decode_kv_tokens
-            t += self._attention(decodes, kv, kv, max)
+            compute = kv * self._s_per_pair
+            memory = kv * self._s_per_kv_token + decodes * self._s_per_query
+            if memory > compute:
+                compute = memory
+            t += compute if compute > self._attention_floor else self._attention_floor
         if prefills:
-            t += self._attention(batch.num_prefill_tokens, batch.prefill_kv_tokens,
-                                 batch.prefill_attn_pairs, max)
+            compute = batch.prefill_attn_pairs * self._s_per_pair
+            memory = batch.prefill_kv_tokens * self._s_per_kv_token + batch.num_prefill_tokens * self._s_per_query
+            if memory > compute:
+                compute = memory
+            t += compute if compute > self._attention_floor else self._attention_floor
         return t
 
     def breakdown(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -107,9 +116,9 @@ class AnalyticalCostModel(CostModel):
         # From the tables batch_time reads (a calibrated op's law is too slow to evaluate per batch).
         ops = {k: self.time_scale * table[tokens] for k, table in self._token_tables.items()}
         ops["attn_prefill"] = np.where(chunks > 0, self._attention(
-            prefill, c["prefill_kv_tokens"], c["prefill_attn_pairs"], np.maximum), 0.0)
+            prefill, c["prefill_kv_tokens"], c["prefill_attn_pairs"]), 0.0)
         kv = c["decode_kv_tokens"]
-        ops["attn_decode"] = np.where(decode > 0, self._attention(decode, kv, kv, np.maximum), 0.0)
+        ops["attn_decode"] = np.where(decode > 0, self._attention(decode, kv, kv), 0.0)
         ops.update({k: self.time_scale * table[sampled] for k, table in self._sample_tables.items()})
         return ops
 
@@ -170,13 +179,12 @@ class AnalyticalCostModel(CostModel):
         }
         return {k: np.where(s > 0, v, 0.0) for k, v in ops.items()}
 
-    def _attention(self, queries: Any, kv_tokens: Any, pairs: Any, maximum: Callable) -> Any:
-        """Prefill or decode attention (a decode query attends to each of its KV tokens once, so
-        pairs == kv_tokens). It serves both `batch_time` (Python numbers, `maximum=max`) and
-        `breakdown` (arrays, `maximum=np.maximum`), so the two paths share one formula."""
+    def _attention(self, queries: np.ndarray, kv_tokens: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """Prefill or decode attention over all layers (a decode query attends to each of its KV
+        tokens once, so pairs == kv_tokens); `batch_time` inlines the same formula."""
         compute = pairs * self._s_per_pair
         memory = kv_tokens * self._s_per_kv_token + queries * self._s_per_query
-        return self.model.num_layers * maximum(maximum(compute, memory), self._attention_floor)
+        return np.maximum(np.maximum(compute, memory), self._attention_floor)
 
     def _grow(self, tokens: int) -> None:
         """Tabulate the token-count-only operations for 0 .. at least `tokens`."""
