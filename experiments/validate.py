@@ -38,7 +38,7 @@ import plotly.graph_objects as go
 from omegaconf import DictConfig
 from plotly.subplots import make_subplots
 
-from profiler.cost_model import CostModel
+from profiler.cost_model import ENGINE_OPS, CostModel
 from simulator.cli import command, run_command, to_dict
 from simulator.core.batch import BatchShape
 from simulator.core.paths import REPO_ROOT
@@ -211,7 +211,7 @@ def predict_iterations(cost_model: CostModel, batches: pd.DataFrame) -> pd.DataF
     out["relative_error"] = (out["predicted_s"] - out["measured_s"]) / out["measured_s"]
     # The split that says where a miss comes from: the forward pass (timed on the device) against
     # the prediction less its engine term (CPU time), and the measured CPU time against that term.
-    overhead = np.broadcast_to(ops.get("engine_iteration", 0.0) + ops.get("engine_requests", 0.0), predicted.shape)
+    overhead = np.broadcast_to(sum(ops.get(op, 0.0) for op in ENGINE_OPS), predicted.shape)
     out["measured_forward_s"] = batches["gpu_time"].to_numpy(float)
     out["predicted_forward_s"] = predicted - overhead
     out["measured_cpu_s"] = batches["cpu_time"].to_numpy(float)

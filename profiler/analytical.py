@@ -90,7 +90,7 @@ class AnalyticalCostModel(CostModel):
         tokens = batch.num_prefill_tokens + decodes
         if tokens >= len(self._token_time):
             self._grow(tokens)
-        t = self._token_time[tokens] + self._sample_time[decodes + prefills]
+        t = self._token_time[tokens] + self._sample_time[decodes + prefills] + self._decode_time[decodes]
         # `_attention` inlined (comparisons, no calls): this runs once per simulated iteration.
         if decodes:
             kv = batch.decode_kv_tokens
@@ -120,6 +120,7 @@ class AnalyticalCostModel(CostModel):
         kv = c["decode_kv_tokens"]
         ops["attn_decode"] = np.where(decode > 0, self._attention(decode, kv, kv), 0.0)
         ops.update({k: self.time_scale * table[sampled] for k, table in self._sample_tables.items()})
+        ops["engine_decodes"] = self.time_scale * self._decode_table[decode.astype(int)]
         return ops
 
     # ---- operations --------------------------------------------------------------------------
@@ -191,6 +192,8 @@ class AnalyticalCostModel(CostModel):
         n = np.arange(max(tokens + 1, 2 * len(self._token_time)), dtype=float)
         token_ops, sample_ops = self._token_ops(n), self._sample_ops(n)
         self._token_tables, self._sample_tables = token_ops, sample_ops  # per op, by token / sampled count
-        self._op_names = [*token_ops, "attn_prefill", "attn_decode", *sample_ops]  # what `breakdown` returns
+        self._decode_table = self.engine.decode_seconds(n)  # by decode count: the engine's decode steps
+        self._op_names = [*token_ops, "attn_prefill", "attn_decode", *sample_ops, "engine_decodes"]  # `breakdown`'s
         self._token_time = (self.time_scale * sum(token_ops.values())).tolist()
         self._sample_time = (self.time_scale * sum(sample_ops.values())).tolist()
+        self._decode_time = (self.time_scale * self._decode_table).tolist()

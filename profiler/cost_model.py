@@ -51,9 +51,13 @@ def scale_note(time_scale: float) -> str:
     return "" if time_scale == 1.0 else f"; every time x {time_scale:g} (cost_model.time_scale)"
 
 
+# The engine term's breakdown columns: by token count, by sampled rows (requests), by decode count.
+ENGINE_OPS = ("engine_iteration", "engine_requests", "engine_decodes")
+
+
 def engine_sources(engine: Any) -> dict[str, str]:
-    """`op_sources` entries of the engine term's two breakdown columns."""
-    return {"engine_iteration": f"engine model: {engine.label}", "engine_requests": f"engine model: {engine.label}"}
+    """`op_sources` entries of the engine term's breakdown columns."""
+    return {op: f"engine model: {engine.label}" for op in ENGINE_OPS}
 
 
 # name -> "module:callable(model, hardware, tp, **options) -> CostModel". Imported on first use,

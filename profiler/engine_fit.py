@@ -8,13 +8,16 @@ batches of 1 to 128 requests at about 1,024 tokens of context (`../shared/data/
 artifact_a100_yi34b_tp2/`). What the kernel model (`cost_model=auto` for that setup, with no engine
 term) does not explain is the engine's. Candidate forms, each with one attention factor:
 
-    per_request:            a + b R
-    per_request+per_token:  a + b R + c T
-    steps:                  s(R)              (piecewise linear over log R, one knot per measured R)
-    steps+per_token:        s(R) + c T
+    per_request:                a + b R
+    per_request+per_token:      a + b R + c T
+    decode_steps:               a + s(D)
+    decode_steps+per_request:   a + b R + s(D)
+    decode_steps+per_token:     a + s(D) + c T
 
-with R the requests in the batch, T its tokens, all coefficients >= 0 (non-negative least squares
-of relative error). The attention factor multiplies the kernel model's prompt attention: the
+with R the requests in the batch, D its decodes, T its tokens; s(D) is piecewise linear over
+log D with one knot per measured decode count, 0 without decodes (the measured decode batches
+step up by ~20 ms between 4 and 8 requests, which no smooth term in R follows); all coefficients
+>= 0 (non-negative least squares of relative error). The attention factor multiplies the kernel model's prompt attention: the
 long prompts show the analytical attention is too fast there; its fitted value becomes the A100's
 `efficiency.attention` (divided by it), reported here. The form is chosen by leave-one-out error
 over the measured iterations, not assumed; the first batch of the run (the 256-token prompt, a
@@ -41,7 +44,7 @@ ARTIFACT_FILES = ("prefill_batch_times.csv", "decode_batch_times.csv")
 ARTIFACT_SOURCE = ("microsoft/sarathi-serve branch osdi-sarathi-serve @ceaa066, osdi-experiments/figure-2/"
                    "{prefill,decode}.csv (Apache-2.0), via ../shared/data/artifact_a100_yi34b_tp2")
 DECODE_CONTEXT = 1024  # "decode-only batches ... at about 1,024 tokens of context"
-FORMS = ("per_request", "per_request+per_token", "steps", "steps+per_token")
+FORMS = ("per_request", "per_request+per_token", "decode_steps", "decode_steps+per_request", "decode_steps+per_token")
 NAME = "sarathi_artifact_a100"
 REQUIRED = ("batch_num_tokens", "batch_num_decode_tokens", "batch_num_prefill_tokens", "batch_size",
             "batch_execution_time", "Batch Id")
@@ -49,13 +52,17 @@ REQUIRED = ("batch_num_tokens", "batch_num_decode_tokens", "batch_num_prefill_to
 
 @dataclass
 class Iterations:
-    """Measured iterations: their shapes, request and token counts, and seconds."""
+    """Measured iterations: their shapes, request, decode and token counts, and seconds."""
     kind: list[str]
     shapes: list[BatchShape]
     requests: np.ndarray
     tokens: np.ndarray
     seconds: np.ndarray
     excluded: list[str]
+
+    @property
+    def decodes(self) -> np.ndarray:
+        return np.where(np.array(self.kind) == "decode", self.requests, 0.0)
 
 
 def read_iterations(data_dir: Path) -> Iterations:
@@ -101,46 +108,49 @@ def read_iterations(data_dir: Path) -> Iterations:
     return Iterations(kinds, shapes, np.array(requests, float), np.array(tokens, float), np.array(seconds), excluded)
 
 
-def _columns(form: str, requests: np.ndarray, tokens: np.ndarray, knots: np.ndarray) -> np.ndarray:
+def _columns(form: str, requests: np.ndarray, decodes: np.ndarray, tokens: np.ndarray,
+             knots: np.ndarray) -> np.ndarray:
     """Design columns of an engine form (without the attention columns)."""
-    cols = []
-    if form.startswith("per_request"):
-        cols += [np.ones_like(requests), requests]
-    else:  # hat functions over log R: s(R) = sum_k s_k * hat_k(R)
-        x, xs = np.log(requests), np.log(knots)
+    cols = [np.ones_like(requests)]
+    if "per_request" in form:
+        cols.append(requests)
+    if form.startswith("decode_steps"):  # hat functions over log D: s(D) = sum_k s_k * hat_k(D)
+        x, xs = np.log(np.maximum(decodes, 1.0)), np.log(knots)
         for k in range(len(knots)):
             unit = np.zeros(len(knots))
             unit[k] = 1.0
-            cols.append(np.interp(x, xs, unit))
+            cols.append(np.where(decodes > 0, np.interp(x, xs, unit), 0.0))
     if form.endswith("per_token"):
         cols.append(tokens)
     return np.stack(cols, axis=1)
 
 
-def fit_form(form: str, residual: np.ndarray, attention: np.ndarray, requests: np.ndarray, tokens: np.ndarray,
-             seconds: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+def fit_form(form: str, residual: np.ndarray, attention: np.ndarray, requests: np.ndarray, decodes: np.ndarray,
+             tokens: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
     """(engine coefficients, attention factor, knots): non-negative least squares of relative
     error of `residual = measured - kernel` by the form's columns plus (factor - 1) x attention."""
     from scipy.optimize import nnls  # only fitting needs scipy
 
-    knots = np.unique(requests)
-    engine = _columns(form, requests, tokens, knots)
+    knots = np.unique(decodes[decodes > 0])
+    engine = _columns(form, requests, decodes, tokens, knots)
     design = np.column_stack([engine, attention, -attention]) / seconds[:, None]
     coef, _ = nnls(design, residual / seconds)
     return coef[:engine.shape[1]], 1.0 + coef[-2] - coef[-1], knots
 
 
 def predict_form(form: str, coef: np.ndarray, factor: float, knots: np.ndarray, kernel: np.ndarray,
-                 attention: np.ndarray, requests: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    return kernel + (factor - 1.0) * attention + _columns(form, requests, tokens, knots) @ coef
+                 attention: np.ndarray, requests: np.ndarray, decodes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    return kernel + (factor - 1.0) * attention + _columns(form, requests, decodes, tokens, knots) @ coef
 
 
 def engine_model_of(form: str, coef: np.ndarray, knots: np.ndarray, label: str) -> EngineModel:
+    per_request = float(coef[1]) if "per_request" in form else 0.0
     per_token = float(coef[-1]) if form.endswith("per_token") else 0.0
-    if form.startswith("per_request"):
-        return EngineModel(NAME, label, float(coef[0]), per_token, float(coef[1]))
-    steps = coef[:len(knots)]
-    return EngineModel(NAME, label, 0.0, per_token, 0.0, tuple(float(k) for k in knots), tuple(float(s) for s in steps))
+    if not form.startswith("decode_steps"):
+        return EngineModel(NAME, label, float(coef[0]), per_token, per_request)
+    steps = coef[1 + ("per_request" in form):][:len(knots)]
+    return EngineModel(NAME, label, float(coef[0]), per_token, per_request,
+                       tuple(float(k) for k in knots), tuple(float(s) for s in steps))
 
 
 @dataclass
@@ -153,22 +163,24 @@ class EngineFit:
 
 
 def fit_engine(it: Iterations, kernel: np.ndarray, attention: np.ndarray, label: str) -> EngineFit:
-    """Every form's leave-one-out error, the best form fitted to all iterations, and per-row errors."""
-    residual = it.seconds - kernel
+    """Every form's leave-one-out error, the best form fitted to all iterations, and per-row errors.
+    The decode-step forms need decode batches of at least two sizes."""
+    residual, decodes = it.seconds - kernel, it.decodes
+    forms = [f for f in FORMS if not f.startswith("decode_steps") or len(np.unique(decodes[decodes > 0])) >= 2]
     loo: dict[str, np.ndarray] = {}
-    for form in FORMS:
+    for form in forms:
         pred = np.zeros(len(it.seconds))
         for i in range(len(it.seconds)):
-            train = np.arange(len(it.seconds)) != i
+            train, one = np.arange(len(it.seconds)) != i, slice(i, i + 1)
             coef, factor, knots = fit_form(form, residual[train], attention[train], it.requests[train],
-                                           it.tokens[train], it.seconds[train])
-            pred[i] = predict_form(form, coef, factor, knots, kernel[i:i + 1], attention[i:i + 1],
-                                   it.requests[i:i + 1], it.tokens[i:i + 1])[0]
+                                           decodes[train], it.tokens[train], it.seconds[train])
+            pred[i] = predict_form(form, coef, factor, knots, kernel[one], attention[one], it.requests[one],
+                                   decodes[one], it.tokens[one])[0]
         loo[form] = pred
     loo_mape = {form: float(np.mean(np.abs(p / it.seconds - 1))) for form, p in loo.items()}
-    form = min(FORMS, key=loo_mape.get)
-    coef, factor, knots = fit_form(form, residual, attention, it.requests, it.tokens, it.seconds)
-    fitted = predict_form(form, coef, factor, knots, kernel, attention, it.requests, it.tokens)
+    form = min(forms, key=loo_mape.get)
+    coef, factor, knots = fit_form(form, residual, attention, it.requests, decodes, it.tokens, it.seconds)
+    fitted = predict_form(form, coef, factor, knots, kernel, attention, it.requests, decodes, it.tokens)
     rows = [{"kind": k, "tokens": int(t), "requests": int(r), "measured_s": float(m), "kernel_s": float(kn),
              "predicted_s": float(f), "error": float(f / m - 1), "loo_error": float(loo[form][i] / m - 1)}
             for i, (k, t, r, m, kn, f) in enumerate(zip(it.kind, it.tokens, it.requests, it.seconds, kernel, fitted))]
@@ -207,7 +219,7 @@ def calibrate(data_dir: Path) -> dict[str, Any]:
         "kernel_model": cost.label, "rows_used": len(iterations.seconds), "excluded": iterations.excluded,
         "form": fit.form, "loo_mape": fit.loo_mape,
         "term": {"per_iteration_s": e.per_iteration_s, "per_token_s": e.per_token_s, "per_request_s": e.per_request_s,
-                 "step_requests": list(e.step_requests), "step_seconds": list(e.step_seconds)},
+                 "step_decodes": list(e.step_decodes), "step_seconds": list(e.step_seconds)},
         "attention": {"factor": fit.attention_factor, "efficiency_in_kernel_model": efficiency,
                       "efficiency_fitted": efficiency / fit.attention_factor},
         "rows": fit.rows,

@@ -11,10 +11,10 @@ engine being simulated (and the host it runs on), not to the GPU, so it is its o
 | `hardware` | the hardware config's assumed flat `cpu_overhead_ms` (what every run used before) |
 | `none` | nothing: kernels and communication only |
 
-The term is `per_iteration + per_token x tokens + per_request x requests + steps(requests)`, where
-`steps` interpolates extra time over the batch's request count (log-spaced knots) when the fit
-keeps it. The cost models tabulate it with their per-token and per-request tables, so it costs
-`batch_time` nothing.
+The term is `per_iteration + per_token x tokens + per_request x requests + steps(decodes)`, where
+`steps` interpolates extra time over the batch's decode count (log-spaced knots; nothing in a
+batch without decodes) when the fit keeps it. The cost models tabulate it by token, sampled-row
+and decode count, so it costs `batch_time` one list lookup.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class EngineModel:
     per_iteration_s: float = 0.0
     per_token_s: float = 0.0
     per_request_s: float = 0.0
-    step_requests: tuple[float, ...] = ()   # knots (request counts) of the interpolated extra time
+    step_decodes: tuple[float, ...] = ()    # knots (decode counts) of the interpolated extra time
     step_seconds: tuple[float, ...] = ()
 
     def iteration_seconds(self, tokens: Any) -> np.ndarray:
@@ -49,11 +49,15 @@ class EngineModel:
         return self.per_iteration_s + self.per_token_s * tokens
 
     def request_seconds(self, requests: Any) -> np.ndarray:
-        requests = np.asarray(requests, dtype=float)
-        t = self.per_request_s * requests
-        if self.step_requests:
-            t = t + np.interp(np.log(np.maximum(requests, 1.0)), np.log(self.step_requests), self.step_seconds)
-        return t
+        return self.per_request_s * np.asarray(requests, dtype=float)
+
+    def decode_seconds(self, decodes: Any) -> np.ndarray:
+        """The decode steps: interpolated over log(decodes), flat beyond the outer knots, 0 without decodes."""
+        decodes = np.asarray(decodes, dtype=float)
+        if not self.step_decodes:
+            return np.zeros_like(decodes)
+        steps = np.interp(np.log(np.maximum(decodes, 1.0)), np.log(self.step_decodes), self.step_seconds)
+        return np.where(decodes > 0, steps, 0.0)
 
     @classmethod
     def flat(cls, hardware: HardwareSpec) -> "EngineModel":
@@ -64,7 +68,7 @@ class EngineModel:
     def from_fit(cls, name: str, fit: Mapping[str, Any]) -> "EngineModel":
         t = fit["term"]
         return cls(name, fit["label"], t["per_iteration_s"], t["per_token_s"], t["per_request_s"],
-                   tuple(t["step_requests"]), tuple(t["step_seconds"]))
+                   tuple(t["step_decodes"]), tuple(t["step_seconds"]))
 
 
 def engine_fit_path(name: str, directory: Path | None = None) -> Path:

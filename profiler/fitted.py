@@ -89,7 +89,8 @@ class FittedCostModel(CostModel):
         self._sample_time: list[float] = []  # by sampled-token count
         self._grow(max_tokens)
         origin = f"{self.name} profile {self.fit.directory}"
-        self.op_sources = {op: origin for op in [*self._token_ops, "attn_prefill", "attn_decode", *self._sample_ops]}
+        self.op_sources = {op: origin for op in [*self._token_ops, "attn_prefill", "attn_decode", *self._sample_ops,
+                                                 "engine_decodes"]}
         all_reduce = self._all_reduce.source if self._all_reduce else "no all-reduce"
         self.op_sources.update(all_reduce=all_reduce, logits_all_gather=all_reduce, **engine_sources(self.engine))
 
@@ -129,7 +130,8 @@ class FittedCostModel(CostModel):
             self._grow(tokens)
         if not tokens:
             return 0.0
-        t = self._token_time[tokens] + self._sample_time[decodes + prefills] + self._att_fixed
+        t = (self._token_time[tokens] + self._sample_time[decodes + prefills] + self._decode_time[decodes]
+             + self._att_fixed)
         if prefills:
             p = self._att_p
             compute = batch.prefill_attn_pairs * self._att_per_pair
@@ -150,6 +152,7 @@ class FittedCostModel(CostModel):
             self._grow(int(tokens.max()))
         ops = {name: self.time_scale * table[tokens] for name, table in self._token_ops.items()}
         ops.update({name: self.time_scale * table[sampled] for name, table in self._sample_ops.items()})
+        ops["engine_decodes"] = self.time_scale * self._decode_table[decode.astype(int)]
         p = self._att_p
         compute = c["prefill_attn_pairs"] * self._att_per_pair
         memory = c["prefill_kv_tokens"] * self._att_prefill_per_kv + prefill * self._att_prefill_per_query
@@ -185,3 +188,5 @@ class FittedCostModel(CostModel):
         self._sample_ops = {k: np.where(n > 0, v, 0.0) for k, v in sample.items()}
         self._token_time = (self.time_scale * sum(self._token_ops.values())).tolist()
         self._sample_time = (self.time_scale * sum(self._sample_ops.values())).tolist()
+        self._decode_table = self.engine.decode_seconds(n)  # by decode count: the engine's decode steps
+        self._decode_time = (self.time_scale * self._decode_table).tolist()

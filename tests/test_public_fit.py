@@ -203,6 +203,25 @@ def test_engine_fit_recovers_a_known_engine_term():
     assert max(abs(r["error"]) for r in fit.rows) < 0.02
 
 
+def test_engine_fit_recovers_a_step_in_the_decode_count():
+    """Decode batches that step up between 4 and 8 requests (as the artifact's do): a decode-step
+    form wins, and prompts alone (no decodes) pay none of the step."""
+    requests = np.array([1, 1, 1, 1, 1, 1, 2, 4, 8, 16, 32, 64, 128], float)
+    kind = ["prefill"] * 6 + ["decode"] * 7
+    tokens = np.array([128, 512, 1024, 2048, 4096, 8192, 2, 4, 8, 16, 32, 64, 128], float)
+    kernel = 0.03 + 1e-4 * tokens
+    attention = np.where(requests == 1, 1e-9 * tokens ** 2, 0.0) * (np.array(kind) == "prefill")
+    decodes = np.where(np.array(kind) == "decode", requests, 0.0)
+    truth = kernel + 0.01 + 0.001 * requests + np.where(decodes >= 8, 0.02, 0.0)
+    it = Iterations(kind, [], requests, tokens, truth, [])
+    fit = fit_engine(it, kernel, attention, "synthetic")
+    assert fit.form.startswith("decode_steps")
+    assert max(abs(r["error"]) for r in fit.rows) < 0.01
+    e = fit.engine
+    assert e.decode_seconds(np.array([0.0]))[0] == 0  # a prompt-only batch pays no decode step
+    assert e.decode_seconds(np.array([16.0]))[0] - e.decode_seconds(np.array([4.0]))[0] == pytest.approx(0.02, abs=0.003)
+
+
 def test_engine_measurements_missing_or_malformed_are_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="artifact_a100_yi34b_tp2"):
         read_iterations(tmp_path)
@@ -224,8 +243,9 @@ def test_engine_model_choices():
     assert engine_model_for("hardware", a100).per_iteration_s == a100.cpu_overhead_ms * 1e-3
     with pytest.raises(ValueError, match="engine_model='vidur' is unknown"):
         engine_model_for({"name": "vidur"}, a100)
-    steps = EngineModel("s", "s", step_requests=(1.0, 4.0), step_seconds=(0.01, 0.03))
-    assert steps.request_seconds(np.array([2.0]))[0] == pytest.approx(0.02)  # halfway in log R
+    steps = EngineModel("s", "s", step_decodes=(1.0, 4.0), step_seconds=(0.01, 0.03))
+    assert steps.decode_seconds(np.array([2.0]))[0] == pytest.approx(0.02)  # halfway in log D
+    np.testing.assert_allclose(steps.decode_seconds(np.array([0.0, 1.0, 64.0])), [0.0, 0.01, 0.03])
 
 
 def test_committed_engine_fit_loads():
