@@ -8,8 +8,6 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .report import write_sweep_report
-
 
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -22,6 +20,7 @@ class SweepSummary(Callback):
         if not run_dirs:
             print(f"sweep summary: no finished runs under {sweep_dir}")
             return
+        from .report import write_sweep_report  # plotly and pandas: not for the single runs hydra also calls us on
         out = write_sweep_report(run_dirs, overrides, sweep_dir / "sweep_report.html",
                                  f"Sweep of {len(run_dirs)} runs")
         print(f"sweep summary ({len(run_dirs)} runs): {out}")

@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from .artifact_files import tbt_stats, write_artifact_files
-from .chrome_trace import write_chrome_trace
 from .core.metrics import RunTables
 from .run_dir import staged_dir
+from .table_files import write_csv, write_parquet
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
@@ -83,7 +81,7 @@ def summarize(tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
         "num_requests": int(len(req["request_id"])),
         "num_batches": int(len(bat["end"])),
         "ttft_s": _stats(req["ttft"]),
-        "tbt_s": tables.tbt.stats(QUANTILES) if tables.artifact is None else tbt_stats(tables.artifact),
+        "tbt_s": tables.tbt.stats(QUANTILES) if tables.artifact is None else _artifact_tbt_stats(tables),
         "tbt_quantiles": tables.tbt.accuracy if tables.artifact is None else "the artifact's DDSketch",
         "e2e_s": _stats(req["e2e"]),
         "scheduling_delay_s": _stats(req["scheduling_delay"]),
@@ -97,6 +95,11 @@ def summarize(tables: RunTables, meta: dict[str, Any]) -> dict[str, Any]:
         "conservation": tables.conservation,
         **({"replicas": per_replica(tables)} if "replica" in req else {}),
     }
+
+
+def _artifact_tbt_stats(tables: RunTables) -> dict[str, Any]:
+    from .artifact_files import tbt_stats  # compat reference only: keeps pandas out of the everyday run
+    return tbt_stats(tables.artifact)
 
 
 def per_replica(tables: RunTables) -> list[dict[str, Any]]:
@@ -123,14 +126,16 @@ def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any],
     adds chrome_trace.json (a span per batch, a track per replica); `batches=False` leaves out
     batches.parquet (the recorder then kept only the summary's columns)."""
     with staged_dir(out_dir) as out:
-        pd.DataFrame(tables.requests).to_csv(out / "requests.csv", index=False)
+        write_csv(out / "requests.csv", tables.requests)
         if tables.tokens is not None:
-            pd.DataFrame(tables.tokens).to_parquet(out / "tokens.parquet", index=False)
+            write_parquet(out / "tokens.parquet", tables.tokens)
         if batches:
-            table = pd.DataFrame(tables.batches)
-            table.to_parquet(out / "batches.parquet", index=False)
+            write_parquet(out / "batches.parquet", tables.batches)
             if chrome_trace:
-                write_chrome_trace(table, out / "chrome_trace.json")
+                import pandas as pd  # only for this optional file
+
+                from .chrome_trace import write_chrome_trace
+                write_chrome_trace(pd.DataFrame(tables.batches), out / "chrome_trace.json")
         _write_reference_files(out, tables, meta)
         summary = summarize(tables, meta)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -139,6 +144,7 @@ def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any],
 
 def _write_reference_files(out: Path, tables: RunTables, meta: dict[str, Any]) -> None:
     if tables.artifact is not None:  # compat reference: all the artifact's files, its definitions
+        from .artifact_files import write_artifact_files
         write_artifact_files(out, tables, meta)
         return
     # One row per batch that produced tokens: the same step curve as the reference's row per token.
@@ -146,11 +152,9 @@ def _write_reference_files(out: Path, tables: RunTables, meta: dict[str, Any]) -
     bat = tables.batches
     emitted = bat["num_emitted_tokens"]
     keep = emitted > 0
-    pd.DataFrame({"Time (sec)": bat["end"][keep] - origin,
-                  "decode_completion": np.cumsum(emitted[keep])}).to_csv(
-        out / "decode_completion_time_series.csv", index=False)
+    write_csv(out / "decode_completion_time_series.csv",
+              {"Time (sec)": bat["end"][keep] - origin, "decode_completion": np.cumsum(emitted[keep])})
     cdf = np.round(np.linspace(0.0, 1.0, 1001), 3)
     values = tables.tbt.quantiles(cdf)
-    pd.DataFrame({"cdf": cdf, "value": values}).to_csv(
-        out / "decode_token_execution_plus_preemption_time.csv", index=False)
+    write_csv(out / "decode_token_execution_plus_preemption_time.csv", {"cdf": cdf, "value": values})
 
