@@ -64,6 +64,14 @@ class TokenStream:
                     "time": np.zeros(0), "tbt": np.zeros(0)}
         ids, index, times, tbt = (np.concatenate(c) for c in zip(*self._rows))
         self._rows = []
-        order = np.argsort(ids.astype(np.int32, copy=False), kind="stable")
-        return {"request_id": ids[order].astype(np.int64), "token_index": index[order],
-                "time": times[order], "tbt": tbt[order]}
+        # Token k (1-based) of request r goes to row offset[r] + k - 1: a scatter, not a sort, since
+        # every request's tokens carry the indices 1..count[r] exactly once.
+        offset = np.cumsum(self.count) - self.count
+        position = offset[ids] + index - 1
+        out = {"request_id": ids, "token_index": index, "time": times, "tbt": tbt}
+        for name, values in out.items():
+            placed = np.empty_like(values)
+            placed[position] = values
+            out[name] = placed
+        out["request_id"] = out["request_id"].astype(np.int64, copy=False)
+        return out
