@@ -37,8 +37,12 @@ def simulate(requests: Sequence[Request], schedulers: Scheduler | Sequence[Sched
         if len(replicas) > 1:
             raise ValueError("a cluster of replicas needs a router")
         router = Router.make("round_robin", 1)
+    checked = set()
     for scheduler in replicas:  # reject impossible requests before anything runs
-        scheduler.check_requests(requests)
+        kind = (type(scheduler), scheduler.config, scheduler.blocks.num_blocks)
+        if kind not in checked:  # replicas alike accept alike: a cluster checks each request once
+            scheduler.check_requests(requests)
+            checked.add(kind)
     recorder = MetricsRecorder(requests, compat=replicas[0].config.compat, keep_tokens=keep_tokens,
                                keep_batches=keep_batches, num_groups=len(replicas))
     record_replica = len(replicas) > 1

@@ -104,6 +104,47 @@ def test_invariants(compat, name, spec, block_size, spare_blocks, max_num_seqs, 
     assert not scheduler.running and not scheduler.waiting
 
 
+@pytest.mark.parametrize("compat", ["corrected", "reference"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(SCHEDULERS)),
+       spec=st.lists(st.tuples(st.floats(0, 5), st.integers(1, 120), st.integers(1, 80)), min_size=2, max_size=40),
+       block_size=st.sampled_from([1, 2, 4, 16]), spare_blocks=st.integers(0, 3),
+       max_num_seqs=st.integers(1, 40), chunk_size=st.integers(8, 200))
+def test_decode_fast_path_matches_the_full_loop(compat, name, spec, block_size, spare_blocks, max_num_seqs,
+                                                 chunk_size):
+    # The decode pass skips its full loop when no preemption can happen; a scheduler that always
+    # runs the full loop must make the same batches, hand out the same blocks and keep the same
+    # free list, step by step, on workloads that preempt often.
+    config = SchedulerConfig(max_num_seqs=max_num_seqs, max_model_len=400, block_size=block_size,
+                             chunk_size=chunk_size, compat=compat)
+    cls = SCHEDULERS[name]
+    grown = max(p + (2 if compat == "reference" else 1) * d for _, p, d in spec)
+    num_blocks = -(-(config.max_model_len if cls.reserves_max_len else grown) // block_size) + 1 + spare_blocks
+    traces = []
+    for fast in (True, False):
+        scheduler = make_scheduler(name, config, num_blocks)
+        full_pass = scheduler._full_decode_pass
+        full_loops = []
+        if fast:  # count the passes that fell back to the full loop
+            scheduler._full_decode_pass = lambda batch: full_loops.append(1) or full_pass(batch)
+        else:
+            scheduler._decode_pass = full_pass
+        trace = []
+
+        def record(s, batch, _before, trace=trace):
+            trace.append(([r.id for r in batch.decodes], [(r.id, start, c) for r, start, c in batch.prefills],
+                          [r.id for r in batch.preempted], batch.decode_kv_tokens,
+                          [(r.id, r.state, tuple(r.blocks)) for r in s.running], tuple(s.blocks._free)))
+
+        requests = [Request(i, a, p, d) for i, (a, p, d) in enumerate(sorted(spec))]
+        drive(scheduler, requests, record)
+        traces.append(trace)
+        if fast:
+            event(f"fast passes: {'some' if len(full_loops) < scheduler._decode_set.passes else 'none'}")
+    event(f"preemptions: {'some' if any(step[2] for step in traces[1]) else 'none'}")
+    assert traces[0] == traces[1]
+
+
 def test_preempted_request_recomputes_and_still_emits_exactly_its_tokens():
     # Two requests share 5 blocks of 4 tokens: the younger is preempted when the older grows.
     config = SchedulerConfig(max_num_seqs=4, max_model_len=20, block_size=4, watermark=0.0)

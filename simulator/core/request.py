@@ -32,6 +32,7 @@ class Request:
         "blocks",         # KV block ids held now (the block table)
         "num_preemptions",
         "finish_at",      # `generated` count at which the request is done
+        "fcfs_key",       # (arrival, its scheduler's admission count) when last admitted: FCFS order
     )
 
     def __init__(self, id: int, arrival: float, prompt_len: int, decode_len: int):
@@ -49,6 +50,7 @@ class Request:
         self.blocks: list[int] = []
         self.num_preemptions = 0
         self.finish_at = decode_len
+        self.fcfs_key = (arrival, 0)
 
     @property
     def total_len(self) -> int:

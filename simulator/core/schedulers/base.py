@@ -22,6 +22,7 @@ from ..batch import Batch
 from ..config_fields import from_mapping
 from ..block_manager import BlockManager, KVCacheTooSmallError
 from ..request import Request, State
+from .decode_set import DecodeSet
 
 _FINISHED = State.FINISHED
 _PREFILLING = State.PREFILLING
@@ -90,6 +91,8 @@ class Scheduler:
         self.running: list[Request] = []       # admitted, oldest arrival first (FCFS)
         self.reference = config.compat == "reference"
         self.ignored: list[Request] = []       # compat reference: dropped as too long, not yet taken
+        self._admissions = 0                   # requests admitted so far: FCFS order among equal arrivals
+        self._decode_set = DecodeSet(config.block_size)
 
     @classmethod
     def profile_prompt_lengths(cls, config: SchedulerConfig) -> list[int]:
@@ -188,7 +191,10 @@ class Scheduler:
         if req.is_released:  # compat reference: readmitted in the call that preempted it (§4)
             req.reset_for_recompute(restart_output_count=True)
         req.start_prefill(self.blocks.allocate(needed))
+        self._admissions += 1
+        req.fcfs_key = (req.arrival, self._admissions)
         bisect.insort_right(self.running, req, key=_arrival)  # = append + stable FCFS sort
+        self._decode_set.admit(req)
         return True
 
     def _preempt(self, req: Request, batch: Batch) -> None:
@@ -205,7 +211,25 @@ class Scheduler:
         visited is preempted (recompute); if none is left, the request itself is. Under compat
         reference every decode needs a free block, new block or not (§2.3). Returns the running
         requests whose prompt is still incomplete, in FCFS order.
+
+        When the free blocks cover every decode that needs one (under compat reference, with one
+        to spare), nobody can be preempted, and the pass is what the decode set already knows:
+        only the requests crossing into a new block are touched. Otherwise the full loop runs.
         """
+        decode_set = self._decode_set
+        needy = decode_set.due()
+        free = self.blocks._free
+        if len(needy) > len(free) - self.reference:
+            return self._full_decode_pass(batch)
+        for req in needy:  # in FCFS order, so each gets the block the full loop would give it
+            req.blocks.append(free.pop())
+        decode_set.end_pass(needy)
+        batch.decodes = decode_set.decoding.copy()
+        batch.decode_kv_tokens = decode_set.kv_tokens
+        return decode_set.prefilling.copy()
+
+    def _full_decode_pass(self, batch: Batch) -> list[Request]:
+        """`_decode_pass` by walking every running request, preempting where blocks run out."""
         running = self.running
         block_size = self.blocks.block_size
         free = self.blocks._free  # direct access: this loop runs once per decode token
@@ -235,28 +259,39 @@ class Scheduler:
         batch.decode_kv_tokens = kv_tokens
         if batch.preempted:
             self.running = [r for r in running if r.blocks]  # victims hold none
+        self._decode_set.resync(self.running)
         return partial
 
     def on_batch_end(self, batch: Batch, now: float) -> tuple[list[Request], list[Request]]:
         """Apply a finished batch; returns (requests that emitted a token, requests that finished)."""
-        emitted = batch.decodes.copy()
+        decodes = batch.decodes
+        emitted = decodes.copy()
         finished = []
-        for req in emitted:
+        for req in decodes:
             req.generated += 1
             if req.generated == req.finish_at:
                 finished.append(req)
+        num_finished_decodes = len(finished)
+        decode_set = self._decode_set
+        decode_set.kv_tokens += len(decodes)
         # The reference's OSDI branch discards the token sampled when a prompt completes (§2.2).
         prompt_emits = not self.reference
         for req, _start, chunk in batch.prefills:
-            if req.finish_chunk(chunk) and prompt_emits:
-                req.generated += 1
-                emitted.append(req)
-                if req.generated == req.finish_at:
-                    finished.append(req)
+            if req.finish_chunk(chunk):
+                if prompt_emits:
+                    req.generated += 1
+                    emitted.append(req)
+                    if req.generated == req.finish_at:
+                        finished.append(req)
+                decode_set.prompt_done(req)
         if finished:
             for req in finished:
                 req.state = _FINISHED
                 self.blocks.free(req.blocks)
                 req.blocks = []
-            self.running = [r for r in self.running if r.state != _FINISHED]
+            running = self.running
+            for req in finished:
+                running.remove(req)
+            if num_finished_decodes:
+                decode_set.drop_finished(finished[:num_finished_decodes])
         return emitted, finished

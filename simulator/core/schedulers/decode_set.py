@@ -1,0 +1,113 @@
+"""The running requests as the decode pass's common case needs them, kept up to date incrementally.
+
+In steady state a decode pass changes almost nothing: every prompt-complete request gains one
+token, and only one in `block_size` crosses into a new KV block. Walking the whole running list to
+find that out is what made the pass cost O(running) per iteration. A `DecodeSet` instead keeps,
+for one scheduler:
+
+- `decoding`: the prompt-complete running requests, `prefilling`: the others, each in the running
+  list's FCFS order;
+- `kv_tokens`: the sum of the decoding requests' contexts at the coming pass;
+- for each coming pass, the requests whose context outgrows their blocks in it (`due`).
+
+A pass in which no request can be preempted (enough free blocks for every due request) is then
+O(due requests). Any other pass runs the scheduler's full loop and calls `resync` after it.
+"""
+from __future__ import annotations
+
+import bisect
+import operator
+
+from ..request import Request, State
+
+_DECODING = State.DECODING
+_PREFILLING = State.PREFILLING
+# The running list's order: by arrival, ties in admission order (what its `insort_right` by arrival
+# produces, since a new admission comes after every equal arrival already running).
+fcfs = operator.attrgetter("fcfs_key")
+
+
+class DecodeSet:
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self.decoding: list[Request] = []
+        self.prefilling: list[Request] = []
+        self.kv_tokens = 0  # sum over `decoding` of prompt_len + generated (the context at the pass)
+        self.passes = 0     # decode passes so far, i.e. the index of the coming one
+        self._due: dict[int, list[Request]] = {}  # pass index -> requests that need a block in it
+
+    def _file(self, req: Request, at_pass: int, context: int) -> None:
+        """Note when `req`, whose context is `context` at pass `at_pass`, next needs a block: its
+        context grows by one a pass. Never before `at_pass`: a decoding request's context exceeds
+        its blocks by at most the token the pass adds (block sizing at admission and one block per
+        crossing keep it so; tests/test_schedulers.py checks it after every batch)."""
+        due = at_pass + len(req.blocks) * self.block_size - context + 1
+        assert due >= at_pass, (req, at_pass, context)
+        bucket = self._due.get(due)
+        if bucket is None:
+            self._due[due] = [req]
+        else:
+            bucket.append(req)
+
+    # ---- what the scheduler reports ----------------------------------------------------------
+    def admit(self, req: Request) -> None:
+        bisect.insort_right(self.prefilling, req, key=fcfs)
+
+    def prompt_done(self, req: Request) -> None:
+        """`req` completed its prompt (after its batch's tokens are counted): it decodes from the
+        coming pass on, unless the prompt's own token was its last."""
+        self.prefilling.remove(req)
+        if req.generated < req.finish_at:
+            bisect.insort_right(self.decoding, req, key=fcfs)
+            context = req.prompt_len + req.generated
+            self.kv_tokens += context
+            self._file(req, self.passes, context)
+
+    def drop_finished(self, finished: list[Request]) -> None:
+        """Decoding requests that emitted their last token."""
+        decoding = self.decoding
+        for req in finished:
+            decoding.remove(req)
+            self.kv_tokens -= req.prompt_len + req.generated
+
+    # ---- the fast pass -----------------------------------------------------------------------
+    def due(self) -> list[Request]:
+        """The decoding requests whose context outgrows their blocks in the coming pass, FCFS."""
+        bucket = self._due.pop(self.passes, None)
+        if bucket is None:
+            return []
+        needy = [r for r in bucket if r.state == _DECODING]  # filed before they finished, some
+        if len(needy) > 1:
+            needy.sort(key=fcfs)
+        return needy
+
+    def end_pass(self, granted: list[Request]) -> None:
+        """A pass without preemption ran: `granted` got one block each; every decoding request's
+        context (counted at its batch's end) will be one larger at the next pass."""
+        next_pass = self.passes + 1
+        if granted:
+            # `_file(req, next_pass, context + 1)`, inlined: this runs at every block crossing
+            due = self._due
+            block_size = self.block_size
+            for req in granted:
+                spare = len(req.blocks) * block_size - (req.prompt_len + req.generated)
+                when = next_pass + spare
+                bucket = due.get(when)
+                if bucket is None:
+                    due[when] = [req]
+                else:
+                    bucket.append(req)
+        self.passes = next_pass
+
+    def resync(self, running: list[Request]) -> None:
+        """After the full loop has run a pass (and possibly preempted): rebuild from `running`,
+        in which every prompt-complete request has just decoded."""
+        self.passes += 1
+        self.decoding = [r for r in running if r.state == _DECODING]
+        self.prefilling = [r for r in running if r.state == _PREFILLING]
+        self.kv_tokens = 0
+        self._due = {}
+        for req in self.decoding:
+            context = req.prompt_len + req.generated
+            self.kv_tokens += context
+            self._file(req, self.passes, context + 1)
