@@ -132,6 +132,8 @@ def test_decode_fast_path_matches_the_full_loop(compat, name, spec, block_size, 
         trace = []
 
         def record(s, batch, _before, trace=trace):
+            # a batch that decodes lists its decodes' ids for the metrics
+            assert batch.decode_ids == [r.id for r in batch.decodes] or (batch.decode_ids is None and not batch.decodes)
             trace.append(([r.id for r in batch.decodes], [(r.id, start, c) for r, start, c in batch.prefills],
                           [r.id for r in batch.preempted], batch.decode_kv_tokens,
                           [(r.id, r.state, tuple(r.blocks)) for r in s.running], tuple(s.blocks._free)))

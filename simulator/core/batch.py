@@ -25,6 +25,9 @@ class Batch:
     decodes: list[Request] = field(default_factory=list)
     prefills: list[tuple[Request, int, int]] = field(default_factory=list)  # (request, start, chunk)
     preempted: list[Request] = field(default_factory=list)  # preempted while building this batch
+    # the decodes' request ids, from the scheduler (which keeps them so that the metrics need not
+    # read every request each iteration): read-only, shared with the scheduler
+    decode_ids: list[int] | None = None
     # ---- aggregates for cost models -------------------------------------------------------
     num_prefill_tokens: int = 0
     decode_kv_tokens: int = 0      # sum of KV lengths the decodes attend to (incl. their new token)

@@ -92,7 +92,14 @@ class MetricsRecorder:
         for req, _start, _chunk in batch.prefills:
             if self.first_scheduled[req.id] != self.first_scheduled[req.id]:  # NaN: first time
                 self.first_scheduled[req.id] = start
-        self._token_ids.extend(map(_request_id, emitted))
+        # `emitted` starts with the batch's decodes, whose ids the scheduler may have listed
+        decode_ids = batch.decode_ids
+        if decode_ids is None:
+            self._token_ids.extend(map(_request_id, emitted))
+        else:
+            self._token_ids.extend(decode_ids)
+            if len(emitted) > len(decode_ids):
+                self._token_ids.extend(map(_request_id, emitted[len(decode_ids):]))
         self._tokens_per_batch.append(len(emitted))
         for req in finished:
             self.finish[req.id] = end
@@ -122,8 +129,9 @@ class MetricsRecorder:
         group = chunk.get("replica")
         later = self.tokens.add(np.asarray(self._token_ids, dtype=np.int64), np.repeat(chunk["end"], per_batch),
                                 None if group is None else np.repeat(group.astype(np.int64), per_batch))
-        batch_of_token = np.repeat(np.arange(len(per_batch)), per_batch)
-        self._later_tokens.append(np.bincount(batch_of_token, weights=later, minlength=len(per_batch)).astype(np.int64))
+        ends = np.cumsum(per_batch)  # each batch's tokens end here in `later`
+        later_before = np.concatenate(([0], np.cumsum(later, dtype=np.int64)))
+        self._later_tokens.append(later_before[ends] - later_before[ends - per_batch])
         self._folded.append(chunk if self.keep_batches else
                             {key: chunk[key] for key in SUMMARY_BATCH_COLUMNS if key in chunk})
         if not self.reference:  # the artifact's metrics index the whole lists

@@ -225,6 +225,7 @@ class Scheduler:
             req.blocks.append(free.pop())
         decode_set.end_pass(needy)
         batch.decodes = decode_set.decoding.copy()
+        batch.decode_ids = decode_set.ids
         batch.decode_kv_tokens = decode_set.kv_tokens
         return decode_set.prefilling.copy()
 
@@ -260,6 +261,7 @@ class Scheduler:
         if batch.preempted:
             self.running = [r for r in running if r.blocks]  # victims hold none
         self._decode_set.resync(self.running)
+        batch.decode_ids = self._decode_set.ids  # the requests left decoding are the batch's decodes
         return partial
 
     def on_batch_end(self, batch: Batch, now: float) -> tuple[list[Request], list[Request]]:

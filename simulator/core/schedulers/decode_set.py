@@ -32,6 +32,9 @@ class DecodeSet:
         self.block_size = block_size
         self.decoding: list[Request] = []
         self.prefilling: list[Request] = []
+        # `decoding`'s request ids, for the metrics (`Batch.decode_ids`): replaced on change, never
+        # changed in place, so that the batches can share it
+        self.ids: list[int] = []
         self.kv_tokens = 0  # sum over `decoding` of prompt_len + generated (the context at the pass)
         self.passes = 0     # decode passes so far, i.e. the index of the coming one
         self._due: dict[int, list[Request]] = {}  # pass index -> requests that need a block in it
@@ -58,17 +61,22 @@ class DecodeSet:
         coming pass on, unless the prompt's own token was its last."""
         self.prefilling.remove(req)
         if req.generated < req.finish_at:
-            bisect.insort_right(self.decoding, req, key=fcfs)
+            at = bisect.bisect_right(self.decoding, req.fcfs_key, key=fcfs)
+            self.decoding.insert(at, req)
+            self.ids = self.ids.copy()
+            self.ids.insert(at, req.id)
             context = req.prompt_len + req.generated
             self.kv_tokens += context
             self._file(req, self.passes, context)
 
     def drop_finished(self, finished: list[Request]) -> None:
         """Decoding requests that emitted their last token."""
-        decoding = self.decoding
+        decoding, ids = self.decoding, self.ids.copy()
         for req in finished:
-            decoding.remove(req)
+            at = decoding.index(req)
+            del decoding[at], ids[at]
             self.kv_tokens -= req.prompt_len + req.generated
+        self.ids = ids
 
     # ---- the fast pass -----------------------------------------------------------------------
     def due(self) -> list[Request]:
@@ -104,6 +112,7 @@ class DecodeSet:
         in which every prompt-complete request has just decoded."""
         self.passes += 1
         self.decoding = [r for r in running if r.state == _DECODING]
+        self.ids = [r.id for r in self.decoding]
         self.prefilling = [r for r in running if r.state == _PREFILLING]
         self.kv_tokens = 0
         self._due = {}
