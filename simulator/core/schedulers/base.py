@@ -291,9 +291,7 @@ class Scheduler:
                 req.state = _FINISHED
                 self.blocks.free(req.blocks)
                 req.blocks = []
-            running = self.running
-            for req in finished:
-                running.remove(req)
+                self.running.remove(req)
             if num_finished_decodes:
                 decode_set.drop_finished(finished[:num_finished_decodes])
         return emitted, finished

@@ -10,8 +10,9 @@ for one scheduler:
 - `kv_tokens`: the sum of the decoding requests' contexts at the coming pass;
 - for each coming pass, the requests whose context outgrows their blocks in it (`due`).
 
-A pass in which no request can be preempted (enough free blocks for every due request) is then
-O(due requests). Any other pass runs the scheduler's full loop and calls `resync` after it.
+A pass in which no request can be preempted (enough free blocks for every due request) then does
+Python work only for the due requests (the batch's lists are copies, made in C). Any other pass
+runs the scheduler's full loop, which calls `resync` after it.
 """
 from __future__ import annotations
 
