@@ -28,7 +28,7 @@ import numpy as np
 
 from simulator.core.paths import DEFAULT_SHARED_DATA_DIR, REPO_ROOT
 
-from .cross_model import ShapeLaw, fit_shape_law
+from .cross_model import BOOSTING, GEMM_BOOSTING, ShapeLaw, fit_shape_law
 from .hardware import HardwareSpec
 from .fit import _STREAM_TRAFFIC, gemm_flops_bytes
 from .public_profiles import PUBLIC_GPUS, SOURCE, read_public
@@ -98,8 +98,10 @@ def law_seconds(law: ShapeLaw, f: dict[str, np.ndarray]) -> np.ndarray:
     return law.seconds(f["tokens"], f["n"], f["k"], f["flops"], f["nbytes"])
 
 
-def _fit(f: dict[str, np.ndarray], seconds: np.ndarray, at: np.ndarray, num_sms: int, correct: bool) -> ShapeLaw:
-    return fit_shape_law(*(f[k][at] for k in ("tokens", "n", "k", "flops", "nbytes")), seconds[at], num_sms, correct)
+def _fit(f: dict[str, np.ndarray], seconds: np.ndarray, at: np.ndarray, num_sms: int, correct: bool,
+         boosting: dict[str, Any] = BOOSTING) -> ShapeLaw:
+    return fit_shape_law(*(f[k][at] for k in ("tokens", "n", "k", "flops", "nbytes")), seconds[at], num_sms, correct,
+                         boosting)
 
 
 def _mape(ape: np.ndarray) -> float | None:
@@ -121,19 +123,21 @@ def fit_group(group: str, rows: Any, num_sms: int, log=print) -> GroupFit:
     seconds = rows["median_ms"].to_numpy() * 1e-3
     models = rows["model"].to_numpy()
     names = sorted(set(models))
+    boosting = GEMM_BOOSTING if group == "gemm" else BOOSTING
     held = {}
     if len(names) > 1:
         for correct in (False, True):
             pred = np.zeros(len(seconds))
             for name in names:
                 test = models == name
-                pred[test] = law_seconds(_fit(f, seconds, np.flatnonzero(~test), num_sms, correct), {k: v[test] for k, v in f.items()})
+                pred[test] = law_seconds(_fit(f, seconds, np.flatnonzero(~test), num_sms, correct, boosting),
+                                         {k: v[test] for k, v in f.items()})
             held[correct] = pred
         mape = {c: float(np.mean(np.abs(p / seconds - 1))) for c, p in held.items()}
         corrected = mape[True] < mape[False]
     else:  # one model: nothing to hold out; keep the correction, say that it is in-sample only
         mape, corrected = {}, True
-    law = _fit(f, seconds, np.arange(len(seconds)), num_sms, corrected)
+    law = _fit(f, seconds, np.arange(len(seconds)), num_sms, corrected, boosting)
     log(f"  {group:<12} {len(seconds):>6} rows, {len(names)} models: "
         + (f"held-out MAPE roofline {mape[False]:.2%}, +correction {mape[True]:.2%} -> "
            f"{'kept' if corrected else 'dropped'}" if mape else "one model (in-sample only)"))

@@ -1,5 +1,5 @@
-"""RoPE's law in the public calibration: a per-row latency term and heads / head size as the
-correction's widths (`profiler.calibrate.rope_terms`)."""
+"""The public calibration's per-group laws: RoPE's per-row term with heads / head size as the
+correction's widths (`profiler.calibrate.rope_terms`), and the GEMM law's larger trees."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from profiler.calibrate import STREAM_PASSES, calibration_path, law_seconds, shape_features
 from profiler.cost_model import build_cost_model
-from profiler.cross_model import ShapeLaw, fit_shape_law
+from profiler.cross_model import BOOSTING, GEMM_BOOSTING, ShapeLaw, fit_shape_law
 from profiler.hardware import HardwareSpec
 from simulator.core.batch import BatchShape
 from simulator.core.model_spec import ModelSpec
@@ -70,3 +70,15 @@ def test_public_rope_without_shared_is_the_same(tmp_path):
     without = build_cost_model(yi, h100, 2, name="public", data_dir=tmp_path).breakdown(shape)["rope"][0]
     with_shared = build_cost_model(yi, h100, 2, name="public").breakdown(shape)["rope"][0]
     assert without == with_shared > 0
+
+
+@pytest.mark.parametrize("gpu", ["a100", "h100", "a40"])
+def test_committed_gemm_law_has_the_gemm_trees_and_the_others_the_default(gpu):
+    laws = json.loads(calibration_path(gpu).read_text())["laws"]
+
+    def shape(group: str) -> tuple[int, int]:
+        trees = laws[group]["correction"]["trees"]
+        return len(trees), max(sum(1 for left in t["left"] if left == 0) for t in trees)
+
+    assert shape("gemm") == (GEMM_BOOSTING["max_iter"], GEMM_BOOSTING["max_leaf_nodes"])
+    assert shape("silu_mul") == (BOOSTING["max_iter"], BOOSTING["max_leaf_nodes"])
