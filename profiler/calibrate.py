@@ -28,7 +28,7 @@ import numpy as np
 
 from simulator.core.paths import DEFAULT_SHARED_DATA_DIR, REPO_ROOT
 
-from .cross_model import ShapeLaw, fit_shape_law
+from .cross_model import BOOSTING, GEMM_BOOSTING, ShapeLaw, fit_shape_law
 from .hardware import HardwareSpec
 from .fit import _STREAM_TRAFFIC, gemm_flops_bytes
 from .public_profiles import PUBLIC_GPUS, SOURCE, read_public
@@ -46,18 +46,47 @@ def group_of(op: str) -> str:
     return "gemm" if op in GEMM_GROUP else op
 
 
-def shape_features(op: str, tokens: Any, k_in: Any, k_out: Any, width: Any, dtype_bytes: int = 2) -> dict[str, Any]:
-    """What a law reads for `op`: tokens, its widths (n, k) and its FLOPs and bytes."""
+def shape_features(op: str, tokens: Any, k_in: Any, k_out: Any, width: Any, dtype_bytes: int = 2,
+                   head_dim: Any = None) -> dict[str, Any]:
+    """What a law reads for `op`: tokens, its widths (n, k) and its FLOPs and bytes. RoPE needs
+    `head_dim` (its `width` is rotated heads x head_dim)."""
     tokens = np.asarray(tokens, dtype=float)
     if op in GEMM_GROUP:
         flops, nbytes = gemm_flops_bytes(tokens, np.asarray(k_in, float), np.asarray(k_out, float), dtype_bytes)
         return {"tokens": tokens, "n": k_out, "k": k_in, "flops": flops, "nbytes": nbytes}
-    nbytes = STREAM_PASSES[op] * tokens * np.asarray(width, float) * dtype_bytes
+    width = np.asarray(width, float)
+    nbytes = STREAM_PASSES[op] * tokens * width * dtype_bytes
+    if op == "rope":
+        return {"tokens": tokens, **rope_terms(tokens, width, head_dim), "nbytes": nbytes}
     return {"tokens": tokens, "n": width, "k": 1, "flops": np.zeros_like(tokens), "nbytes": nbytes}
 
 
+def rope_terms(tokens: np.ndarray, width: np.ndarray, head_dim: Any) -> dict[str, np.ndarray]:
+    """RoPE's kernel (vLLM's `rotary_embedding`) runs one thread block per token, which walks that
+    token's heads x head_dim/2 rotations with at most 512 threads: over a few tokens a call takes
+    time in proportion to the row's width whatever the token count (1 token: ~2 us at 1K wide,
+    ~9 us at 16K on H100), which bytes alone cannot say (a bandwidth roofline gives every model
+    the same time there). So the law's first term, FLOPs for a GEMM, is here the work of one row
+    (its width, not times tokens), and the correction sees heads and head size as its n and k."""
+    if head_dim is None:
+        raise ValueError("rope's law needs the model's head_dim")
+    head_dim = np.broadcast_to(np.asarray(head_dim, float), np.shape(tokens))
+    return {"n": np.broadcast_to(width, np.shape(tokens)) / head_dim, "k": head_dim,
+            "flops": np.broadcast_to(width, np.shape(tokens)).astype(float)}
+
+
 def row_features(rows: Any) -> dict[str, np.ndarray]:
-    parts = [shape_features(op, g["tokens"], g["k_in"], g["k_out"], g["width"]) for op, g in rows.groupby("op", sort=False)]
+    """`shape_features` of public rows (`read_public`: they carry `model`, whose head_dim RoPE needs)."""
+    from .public_profiles import model_spec
+
+    def head_dim(g: Any) -> Any:
+        if "model" not in g:
+            return None
+        dims = {m: model_spec(m).head_dim for m in g["model"].unique()}
+        return g["model"].map(dims).to_numpy(float)
+
+    parts = [shape_features(op, g["tokens"], g["k_in"], g["k_out"], g["width"],
+                            head_dim=head_dim(g) if op == "rope" else None) for op, g in rows.groupby("op", sort=False)]
     index = np.concatenate([g.index.to_numpy() for _, g in rows.groupby("op", sort=False)])
     order = np.argsort(index)
     return {k: np.concatenate([np.broadcast_to(np.asarray(p[k], float), p["tokens"].shape) for p in parts])[order]
@@ -69,8 +98,10 @@ def law_seconds(law: ShapeLaw, f: dict[str, np.ndarray]) -> np.ndarray:
     return law.seconds(f["tokens"], f["n"], f["k"], f["flops"], f["nbytes"])
 
 
-def _fit(f: dict[str, np.ndarray], seconds: np.ndarray, at: np.ndarray, num_sms: int, correct: bool) -> ShapeLaw:
-    return fit_shape_law(*(f[k][at] for k in ("tokens", "n", "k", "flops", "nbytes")), seconds[at], num_sms, correct)
+def _fit(f: dict[str, np.ndarray], seconds: np.ndarray, at: np.ndarray, num_sms: int, correct: bool,
+         boosting: dict[str, Any] = BOOSTING) -> ShapeLaw:
+    return fit_shape_law(*(f[k][at] for k in ("tokens", "n", "k", "flops", "nbytes")), seconds[at], num_sms, correct,
+                         boosting)
 
 
 def _mape(ape: np.ndarray) -> float | None:
@@ -92,19 +123,21 @@ def fit_group(group: str, rows: Any, num_sms: int, log=print) -> GroupFit:
     seconds = rows["median_ms"].to_numpy() * 1e-3
     models = rows["model"].to_numpy()
     names = sorted(set(models))
+    boosting = GEMM_BOOSTING if group == "gemm" else BOOSTING
     held = {}
     if len(names) > 1:
         for correct in (False, True):
             pred = np.zeros(len(seconds))
             for name in names:
                 test = models == name
-                pred[test] = law_seconds(_fit(f, seconds, np.flatnonzero(~test), num_sms, correct), {k: v[test] for k, v in f.items()})
+                pred[test] = law_seconds(_fit(f, seconds, np.flatnonzero(~test), num_sms, correct, boosting),
+                                         {k: v[test] for k, v in f.items()})
             held[correct] = pred
         mape = {c: float(np.mean(np.abs(p / seconds - 1))) for c, p in held.items()}
         corrected = mape[True] < mape[False]
     else:  # one model: nothing to hold out; keep the correction, say that it is in-sample only
         mape, corrected = {}, True
-    law = _fit(f, seconds, np.arange(len(seconds)), num_sms, corrected)
+    law = _fit(f, seconds, np.arange(len(seconds)), num_sms, corrected, boosting)
     log(f"  {group:<12} {len(seconds):>6} rows, {len(names)} models: "
         + (f"held-out MAPE roofline {mape[False]:.2%}, +correction {mape[True]:.2%} -> "
            f"{'kept' if corrected else 'dropped'}" if mape else "one model (in-sample only)"))

@@ -1,0 +1,84 @@
+"""The public calibration's per-group laws: RoPE's per-row term with heads / head size as the
+correction's widths (`profiler.calibrate.rope_terms`), and the GEMM law's larger trees."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from profiler.calibrate import STREAM_PASSES, calibration_path, law_seconds, shape_features
+from profiler.cost_model import build_cost_model
+from profiler.cross_model import BOOSTING, GEMM_BOOSTING, ShapeLaw, fit_shape_law
+from profiler.hardware import HardwareSpec
+from simulator.core.batch import BatchShape
+from simulator.core.model_spec import ModelSpec
+from simulator.core.paths import REPO_ROOT
+
+
+def conf(group: str, name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / group / f"{name}.yaml"))
+
+
+def test_rope_features_are_heads_head_size_and_the_row_width():
+    tokens = np.array([1.0, 64.0, 4096.0])
+    f = shape_features("rope", tokens, 0, 0, 40 * 128, head_dim=128)
+    np.testing.assert_array_equal(f["n"], 40)  # rotated heads on this rank
+    np.testing.assert_array_equal(f["k"], 128)
+    np.testing.assert_array_equal(f["flops"], 40 * 128)  # one row's work, whatever the token count
+    np.testing.assert_array_equal(f["nbytes"], STREAM_PASSES["rope"] * tokens * 40 * 128 * 2)  # bytes as before
+    with pytest.raises(ValueError, match="head_dim"):
+        shape_features("rope", tokens, 0, 0, 40 * 128)
+
+
+def synthetic_rope(seed: int = 0):
+    """A kernel whose few-token time grows with the row width (one block per token walking its row),
+    bandwidth-bound at many tokens, with 1% noise."""
+    rng = np.random.default_rng(seed)
+    widths = np.array([1024, 2048, 4096, 5120, 9216, 16384], float)
+    tokens = np.array([1, 4, 16, 64, 256, 1024, 4096], float)
+    w, t = (a.ravel() for a in np.meshgrid(widths, tokens))
+    f = shape_features("rope", t, 0, 0, w, head_dim=128)
+    truth = 1.5e-6 + np.maximum(w * 4e-10, f["nbytes"] / 2.5e12)
+    return f, truth * (1 + 0.01 * rng.standard_normal(len(truth)))
+
+
+def test_the_row_term_tells_widths_apart_at_one_token():
+    f, seconds = synthetic_rope()
+    law = fit_shape_law(*(f[k] for k in ("tokens", "n", "k", "flops", "nbytes")), seconds, num_sms=132, correct=False)
+    predicted = law_seconds(law, f)
+    assert np.mean(np.abs(predicted / seconds - 1)) < 0.03
+    one = f["tokens"] == 1
+    # 16K wide vs 1K wide at one token: ~8 us vs ~1.9 us; a bytes-only roofline would give both ~1.5 us
+    assert predicted[one].max() / predicted[one].min() == pytest.approx(seconds[one].max() / seconds[one].min(), rel=0.1)
+
+
+@pytest.mark.parametrize("gpu", ["a100", "h100", "a40"])
+def test_committed_rope_law_prices_wider_rows_slower_at_few_tokens(gpu):
+    law = ShapeLaw.from_json(json.loads(calibration_path(gpu).read_text())["laws"]["rope"])
+    assert law.roofline.s_per_flop > 0  # the per-row term is fitted, not absent
+    narrow = law_seconds(law, shape_features("rope", np.array([1.0]), 0, 0, 16 * 128, head_dim=128))[0]
+    wide = law_seconds(law, shape_features("rope", np.array([1.0]), 0, 0, 128 * 128, head_dim=128))[0]
+    assert wide > 1.5 * narrow
+
+
+def test_public_rope_without_shared_is_the_same(tmp_path):
+    yi = ModelSpec.from_config(conf("model", "yi_34b"))
+    h100 = HardwareSpec.from_config(conf("hardware", "h100_80gb_hbm3"))
+    shape = {k: np.array([v]) for k, v in vars(BatchShape(0, 8, 0, 8 * 1024, 0, 0)).items()}
+    without = build_cost_model(yi, h100, 2, name="public", data_dir=tmp_path).breakdown(shape)["rope"][0]
+    with_shared = build_cost_model(yi, h100, 2, name="public").breakdown(shape)["rope"][0]
+    assert without == with_shared > 0
+
+
+@pytest.mark.parametrize("gpu", ["a100", "h100", "a40"])
+def test_committed_gemm_law_has_the_gemm_trees_and_the_others_the_default(gpu):
+    laws = json.loads(calibration_path(gpu).read_text())["laws"]
+
+    def shape(group: str) -> tuple[int, int]:
+        trees = laws[group]["correction"]["trees"]
+        return len(trees), max(sum(1 for left in t["left"] if left == 0) for t in trees)
+
+    assert shape("gemm") == (GEMM_BOOSTING["max_iter"], GEMM_BOOSTING["max_leaf_nodes"])
+    assert shape("silu_mul") == (BOOSTING["max_iter"], BOOSTING["max_leaf_nodes"])
