@@ -254,3 +254,5 @@ def test_committed_engine_fit_loads():
     assert "sarathi-serve" in fit["source"] and fit["rows_used"] == 15 and "warm-up" in fit["excluded"][0]
     engine = engine_model_for("sarathi_artifact_a100", hardware("a100_80gb_pcie_nvlink"))
     assert engine.request_seconds(np.array([128.0]))[0] > engine.request_seconds(np.array([1.0]))[0]
+    assert fit["form"].startswith("decode_steps") and fit["loo_mape"][fit["form"]] == min(fit["loo_mape"].values())
+    assert engine.decode_seconds(np.array([8.0]))[0] > engine.decode_seconds(np.array([4.0]))[0]
