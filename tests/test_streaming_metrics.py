@@ -9,9 +9,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from simulator.cli import to_dict
+from simulator.core import metrics
 from simulator.core.distribution import RELATIVE_ACCURACY, ExactDistribution, SketchDistribution
 from simulator.core.paths import REPO_ROOT
-from simulator.core.token_stream import TokenStream
+from simulator.core.request import Request
+from simulator.core.schedulers import SCHEDULERS, SchedulerConfig, make_scheduler
+from simulator.core.token_stream import CohortStream, TokenStream, range_max
+from simulator.engine import simulate
+from simulator.router import Router
 from simulator.run import run_simulation
 
 
@@ -72,6 +77,12 @@ def test_run_without_token_and_batch_tables_gives_the_same_summary(tmp_path):
     full, lean = run("full", []), run("lean", ["outputs.tokens=false", "outputs.batches=false"])
     for name in ("tokens.parquet", "batches.parquet"):
         assert (tmp_path / "full" / name).exists() and not (tmp_path / "lean" / name).exists()
+    # Without token rows the TBTs are summed as (value, count) pairs: the means may differ in their
+    # last bits, nothing else may
+    means = []
+    for summary in (full, lean):
+        means.append([summary["tbt_s"].pop("mean")] + [r["tbt_s"].pop("mean") for r in summary["replicas"]])
+    assert means[0] == pytest.approx(means[1], rel=1e-12)
     assert json.dumps(full, sort_keys=True) == json.dumps(lean, sort_keys=True)
     assert full["conservation"]["ok"] and full["tbt_quantiles"] == "exact"
     for name in ("requests.csv", "decode_token_execution_plus_preemption_time.csv",
@@ -79,3 +90,84 @@ def test_run_without_token_and_batch_tables_gives_the_same_summary(tmp_path):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "lean" / name).read_bytes()
     with pytest.raises(ValueError, match="outputs.batches=true"):
         run("trace", ["outputs.batches=false", "outputs.chrome_trace=true"])
+
+
+def test_range_max_matches_slices():
+    rng = np.random.default_rng(11)
+    values = rng.random(1000)
+    lo = rng.integers(0, 1000, 5000)
+    hi = np.minimum(999, lo + rng.integers(0, 1000, 5000) % (1 + rng.integers(0, 1000, 5000)))
+    expected = [values[a:b + 1].max() for a, b in zip(lo, hi)]
+    assert np.array_equal(range_max(values, lo, hi), expected)
+
+
+def _random_run(name: str, replicas: int, seed: int, keep_tokens: bool):
+    """A small cluster on a KV cache tight enough to preempt often; batch times vary with the batch."""
+    rng = np.random.default_rng(seed)
+    n = 120
+    arrivals = np.sort(np.round(rng.exponential(0.05, n).cumsum(), 2))  # ties included
+    prompts, outputs = rng.integers(1, 120, n), rng.integers(1, 80, n)
+    requests = [Request(i, float(arrivals[i]), int(prompts[i]), int(outputs[i])) for i in range(n)]
+    config = SchedulerConfig(max_num_seqs=int(rng.integers(2, 30)), max_model_len=400, block_size=4,
+                             chunk_size=int(rng.integers(16, 200)))
+    num_blocks = (-(-int((prompts + outputs).max()) // 4) + 1 + int(rng.integers(0, 6))
+                  if not SCHEDULERS[name].reserves_max_len else 101 + int(rng.integers(0, 20)))
+    schedulers = [make_scheduler(name, config, num_blocks) for _ in range(replicas)]
+
+    def batch_time(batch):
+        return (0.01 + 0.001 * batch.num_prefill_tokens + 0.0003 * len(batch.decodes)
+                + 1e-5 * (batch.decode_kv_tokens % 7))
+
+    router = Router.make("round_robin" if seed % 2 else "least_outstanding", replicas) if replicas > 1 else None
+    recorder = simulate(requests, schedulers if replicas > 1 else schedulers[0], batch_time, router,
+                        keep_tokens=keep_tokens, keep_batches=False)
+    return recorder.finalize(), sum(r.num_preemptions for r in requests)
+
+
+@pytest.mark.parametrize("sketch", [False, True])
+@pytest.mark.parametrize("replicas", [1, 3])
+@pytest.mark.parametrize("name", ["vllm", "sarathi", "orca", "faster_transformer"])
+def test_cohort_stream_matches_the_token_rows(monkeypatch, name, replicas, sketch):
+    # Without token rows the metrics come from per-batch cohorts (`CohortStream`): every request
+    # column, the token counts and the TBT distribution must be what the token rows give.
+    monkeypatch.setattr(metrics, "FOLD_BATCHES", 13)  # several chunks per run
+    monkeypatch.setattr(metrics, "FOLD_TOKENS", 50)
+    if sketch:
+        monkeypatch.setattr(metrics, "EXACT_MAX_TBT_VALUES", 10)
+    preemptions = 0
+    for seed in range(6):
+        rows, _ = _random_run(name, replicas, seed, keep_tokens=True)
+        lean, preempted = _random_run(name, replicas, seed, keep_tokens=False)
+        preemptions += preempted
+        assert lean.tokens is None and rows.conservation == lean.conservation and lean.conservation["ok"]
+        assert rows.requests.keys() == lean.requests.keys()
+        for key, column in rows.requests.items():
+            assert np.array_equal(column, lean.requests[key], equal_nan=True), key
+        assert np.array_equal(rows.later_tokens, lean.later_tokens)
+        produced = np.bincount(rows.tokens["request_id"], minlength=len(rows.requests["request_id"]))
+        assert lean.conservation["tokens_produced"] == produced.sum()
+        a, b = rows.tbt, lean.tbt
+        assert type(a) is type(b) is (SketchDistribution if sketch else ExactDistribution)
+        assert np.array_equal(a.count, b.count) and np.array_equal(a.max, b.max)
+        assert np.allclose(a.total, b.total, rtol=1e-12, atol=0)
+        for group in (None, *range(replicas)) if replicas > 1 else (None,):
+            if sketch:
+                assert np.array_equal(a.buckets, b.buckets)
+            else:
+                assert np.array_equal(np.sort(a.values(group)), np.sort(b.values(group)))
+            qs = np.linspace(0, 1, 101)
+            assert np.array_equal(a.quantiles(qs, group), b.quantiles(qs, group), equal_nan=True)
+    if not SCHEDULERS[name].reserves_max_len:
+        assert preemptions, "the workloads are meant to preempt"
+
+
+def test_cohort_stream_rejects_a_batch_that_skips_a_decoding_request():
+    class Req:
+        def __init__(self, id):
+            self.id = id
+    stream = CohortStream(3, ExactDistribution())
+    a, b = Req(0), Req(1)
+    stream.on_batch(0, 1.0, 0, [a, b], [], [])
+    stream.on_batch(0, 2.0, 2, [a, b], [], [])
+    with pytest.raises(RuntimeError, match="decodes 1 requests, but 2 are decoding"):
+        stream.on_batch(0, 3.0, 1, [a], [], [])

@@ -31,18 +31,24 @@ class Distribution:
         self.total = np.zeros(num_groups, dtype=np.float64)
         self.max = np.full(num_groups, -np.inf)
 
-    def add(self, values: np.ndarray, groups: np.ndarray | None = None) -> None:
-        """Add finite `values`; `groups[i]` (0..num_groups-1) is value i's group, all 0 if None."""
+    def add(self, values: np.ndarray, groups: np.ndarray | None = None,
+            weights: np.ndarray | None = None) -> None:
+        """Add finite `values`; `groups[i]` (0..num_groups-1) is value i's group, all 0 if None;
+        `weights[i]` (>= 1): how many times value i occurs, once each if None."""
         if not len(values):
             return
         if groups is None:
             groups = np.zeros(len(values), dtype=np.int64)
-        self.count += np.bincount(groups, minlength=self.num_groups)
-        self.total += np.bincount(groups, weights=values, minlength=self.num_groups)
+        if weights is None:
+            self.count += np.bincount(groups, minlength=self.num_groups)
+            self.total += np.bincount(groups, weights=values, minlength=self.num_groups)
+        else:  # counts below 2^53: exact in float64
+            self.count += np.bincount(groups, weights=weights, minlength=self.num_groups).astype(np.int64)
+            self.total += np.bincount(groups, weights=values * weights, minlength=self.num_groups)
         np.maximum.at(self.max, groups, values)
-        self._add(values, groups)
+        self._add(values, groups, weights)
 
-    def _add(self, values: np.ndarray, groups: np.ndarray) -> None:
+    def _add(self, values: np.ndarray, groups: np.ndarray, weights: np.ndarray | None) -> None:
         raise NotImplementedError
 
     def quantiles(self, qs: np.ndarray, group: int | None = None) -> np.ndarray:
@@ -68,7 +74,10 @@ class ExactDistribution(Distribution):
         self._values: list[np.ndarray] = []
         self._groups: list[np.ndarray] = []
 
-    def _add(self, values: np.ndarray, groups: np.ndarray) -> None:
+    def _add(self, values: np.ndarray, groups: np.ndarray, weights: np.ndarray | None) -> None:
+        if weights is not None:
+            values = np.repeat(values, weights)
+            groups = np.repeat(groups, weights)
         self._values.append(values)
         if self.num_groups > 1:
             self._groups.append(groups)
@@ -97,9 +106,12 @@ class SketchDistribution(Distribution):
         self.num_buckets = int(_bucket(np.array([MAX_VALUE]))[0] - self._first + 1)
         self.buckets = np.zeros((num_groups, self.num_buckets), dtype=np.int64)
 
-    def _add(self, values: np.ndarray, groups: np.ndarray) -> None:
+    def _add(self, values: np.ndarray, groups: np.ndarray, weights: np.ndarray | None) -> None:
         flat = groups * self.num_buckets + (_bucket(np.clip(values, MIN_VALUE, MAX_VALUE)) - self._first)
-        self.buckets += np.bincount(flat, minlength=self.buckets.size).reshape(self.buckets.shape)
+        counts = np.bincount(flat, weights=weights, minlength=self.buckets.size)
+        if weights is not None:
+            counts = counts.astype(np.int64)
+        self.buckets += counts.reshape(self.buckets.shape)
 
     def quantiles(self, qs: np.ndarray, group: int | None = None) -> np.ndarray:
         counts = self.buckets.sum(axis=0) if group is None else self.buckets[group]

@@ -3,7 +3,11 @@
 An engine calls `MetricsRecorder.on_batch` once per iteration with what the scheduler reported.
 Recording is cheap (appends to flat lists: it runs once per batch on the simulator's hot path);
 every few million tokens the lists are folded into numpy (`token_stream.py`), so memory grows
-with the tokens only when the token table is kept (`keep_tokens`). The tables are built with numpy:
+with the tokens only when the token table is kept (`keep_tokens`). Without the token table (and
+outside compat reference) no token is recorded at all: `CohortStream` derives every token metric
+from per-batch and per-request events (a replica's decoding requests share their last token's
+time), so its TBT sums may differ from the token rows' in their last bits, nothing else does.
+The tables are built with numpy:
 
 - requests: arrival, first scheduled, first token, finish, TTFT, end-to-end, scheduling delay,
   preemptions, and the longest gap between two of its tokens;
@@ -33,7 +37,7 @@ from .artifact_metrics import ArtifactMetrics, BatchEvents, artifact_metrics
 from .batch import Batch, BatchShape
 from .distribution import Distribution, distribution_for
 from .request import Request
-from .token_stream import TokenStream
+from .token_stream import CohortStream, TokenStream
 
 _request_id = operator.attrgetter("id")
 FOLD_TOKENS = 1 << 21     # fold the pending tokens into numpy past this many (about 40 MB of lists)
@@ -79,8 +83,12 @@ class MetricsRecorder:
         self.reference = compat == "reference"
         self.keep_batches = keep_batches or self.reference
         expected_tokens = sum(r.decode_len for r in self.requests)
-        self.tokens = TokenStream(n, distribution_for(expected_tokens, EXACT_MAX_TBT_VALUES, num_groups),
-                                  keep_rows=keep_tokens or self.reference)
+        tbt = distribution_for(expected_tokens, EXACT_MAX_TBT_VALUES, num_groups)
+        # without token rows nothing needs one record per token: the cohort stream works per batch
+        self.tokens: TokenStream | CohortStream = (
+            TokenStream(n, tbt, keep_rows=True) if keep_tokens or self.reference else CohortStream(n, tbt, num_groups))
+        self._cohorts = not self.tokens.keep_rows
+        self._later_pending: list[int] = []  # cohort stream: per batch, its later tokens
         # the artifact's metrics read the whole token list (reference runs are one small replica)
         self._fold_tokens = float("inf") if self.reference else FOLD_TOKENS
         self.ignored = np.zeros(n, dtype=bool)
@@ -94,7 +102,10 @@ class MetricsRecorder:
                 self.first_scheduled[req.id] = start
         # `emitted` starts with the batch's decodes, whose ids the scheduler may have listed
         decode_ids = batch.decode_ids
-        if decode_ids is None:
+        if self._cohorts:
+            self._later_pending.append(self.tokens.on_batch(
+                extras.get("replica", 0), end, len(batch.decodes), emitted, finished, batch.preempted))
+        elif decode_ids is None:
             self._token_ids.extend(map(_request_id, emitted))
         else:
             self._token_ids.extend(decode_ids)
@@ -126,12 +137,17 @@ class MetricsRecorder:
         chunk["num_emitted_tokens"] = per_batch
         for key, values in self._extras.items():
             chunk[key] = np.asarray(values, dtype=np.float64)
-        group = chunk.get("replica")
-        later = self.tokens.add(np.asarray(self._token_ids, dtype=np.int64), np.repeat(chunk["end"], per_batch),
-                                None if group is None else np.repeat(group.astype(np.int64), per_batch))
-        ends = np.cumsum(per_batch)  # each batch's tokens end here in `later`
-        later_before = np.concatenate(([0], np.cumsum(later, dtype=np.int64)))
-        self._later_tokens.append(later_before[ends] - later_before[ends - per_batch])
+        if self._cohorts:
+            self.tokens.flush()
+            self._later_tokens.append(np.asarray(self._later_pending, dtype=np.int64))
+            self._later_pending = []
+        else:
+            group = chunk.get("replica")
+            later = self.tokens.add(np.asarray(self._token_ids, dtype=np.int64), np.repeat(chunk["end"], per_batch),
+                                    None if group is None else np.repeat(group.astype(np.int64), per_batch))
+            ends = np.cumsum(per_batch)  # each batch's tokens end here in `later`
+            later_before = np.concatenate(([0], np.cumsum(later, dtype=np.int64)))
+            self._later_tokens.append(later_before[ends] - later_before[ends - per_batch])
         self._folded.append(chunk if self.keep_batches else
                             {key: chunk[key] for key in SUMMARY_BATCH_COLUMNS if key in chunk})
         if not self.reference:  # the artifact's metrics index the whole lists
@@ -151,6 +167,8 @@ class MetricsRecorder:
         if self._batch_rows or not self._folded:
             self._fold()
         batches = self._batch_table()
+        if self._cohorts:
+            self.tokens.finish()
         tokens = self.tokens.rows() if self.tokens.keep_rows else None
         requests = self._request_table()
         conservation = self._conservation()

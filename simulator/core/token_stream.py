@@ -5,6 +5,9 @@ A chunk is the tokens of consecutive batches, in emission order. Per request the
 token count, its last token's time, its first token's time and its largest gap; each token's
 time-between-tokens (TBT) goes to a `Distribution`. Only with `keep_rows` are the token rows
 themselves kept (for tokens.parquet).
+
+`CohortStream` gives the same per-request columns and TBT distribution without seeing any token:
+the recorder uses it when no token rows are wanted (see its docstring).
 """
 from __future__ import annotations
 
@@ -75,3 +78,162 @@ class TokenStream:
             out[name] = placed
         out["request_id"] = out["request_id"].astype(np.int64, copy=False)
         return out
+
+
+class CohortStream:
+    """What `TokenStream` gives without token rows, from per-batch and per-request events only.
+
+    Each replica's decode pass gives a token to every prompt-complete running request (those it
+    preempts leave first), so a replica's decoding requests form a cohort that emitted last in the
+    replica's previous decode batch, plus the newcomers whose prompt completed (and emitted) since.
+    A decode batch's TBTs are then k copies of (its end - the previous decode batch's end) and one
+    value per newcomer: the distribution takes them as (value, weight) pairs. A request's decode
+    tokens come in runs, from the decode batch after its prompt completes to the one it finishes
+    in (or the last before it is preempted): its count adds up its runs' lengths and its prompt
+    emissions, and its largest TBT is the largest of its individual values (first decode of a run,
+    first token after a recompute) and, per run, of the replica's decode-batch gaps inside the run
+    (a range maximum, answered for every run at once by `finish`).
+
+    The stream checks on every decode batch that the batch decodes exactly the requests it counts
+    as decoding on that replica, so the token counts (conservation) stay evidence of their own.
+    """
+    keep_rows = False
+
+    def __init__(self, num_requests: int, tbt: Distribution, num_groups: int = 1):
+        self.tbt = tbt
+        self.num_requests = num_requests
+        self.count = np.zeros(num_requests, dtype=np.int64)
+        self.first_token = np.full(num_requests, np.nan)
+        self.max_tbt = np.full(num_requests, np.nan)
+        self._seen = bytearray(num_requests)          # has emitted a token
+        # decoding now: request -> (its prompt's token time, its first decode batch, replica)
+        self._open: dict[int, tuple[float, int, int]] = {}
+        self._last_emit: dict[int, float] = {}        # preempted after emitting: its last token's time
+        self._ends: list[list[float]] = [[] for _ in range(num_groups)]  # per replica: its decode batches' ends
+        self._members = [0] * num_groups              # per replica: requests decoding
+        self._newcomers: list[list[int]] = [[] for _ in range(num_groups)]  # joined since the last decode batch
+        self._prompt_ids: list[int] = []               # one per prompt emission
+        self._runs: list[tuple[int, int, int, int]] = []  # (request, replica, first, last decode batch)
+        self._max_ids: list[int] = []                  # individual TBTs, for the per-request maximum
+        self._max_values: list[float] = []
+        self._values: list[float] = []                 # pending (value, weight, group) for `tbt`
+        self._weights: list[int] = []
+        self._groups: list[int] = []
+
+    def _close(self, r: int, preempted: bool) -> None:
+        """Request `r` stops decoding (finished, or preempted): its run ends at the replica's last
+        decode batch so far."""
+        join, first, replica = self._open.pop(r)
+        self._members[replica] -= 1
+        ends = self._ends[replica]
+        last = len(ends) - 1
+        if first > last:  # no decode batch since its prompt's token
+            self._newcomers[replica].remove(r)
+            if preempted:
+                self._last_emit[r] = join
+        else:
+            self._runs.append((r, replica, first, last))
+            if preempted:
+                self._last_emit[r] = ends[last]
+
+    def on_batch(self, replica: int, end: float, num_decodes: int, emitted: list, finished: list,
+                 preempted: list) -> int:
+        """One batch of `replica`, ended at `end`: `emitted` starts with its `num_decodes` decodes,
+        then the requests whose prompt it completed. Returns how many of its tokens were not a
+        request's first."""
+        is_open = self._open
+        for req in preempted:
+            if req.id in is_open:
+                self._close(req.id, True)
+        values, weights, groups = self._values, self._weights, self._groups
+        later = num_decodes
+        ends = self._ends[replica]
+        if num_decodes:
+            newcomers = self._newcomers[replica]
+            if num_decodes != self._members[replica]:
+                raise RuntimeError(f"replica {replica}: a batch ending at {end} decodes {num_decodes} "
+                                   f"requests, but {self._members[replica]} are decoding")
+            cohort = num_decodes - len(newcomers)
+            if cohort:
+                values.append(end - ends[-1])
+                weights.append(cohort)
+                groups.append(replica)
+            if newcomers:
+                max_ids, max_values = self._max_ids, self._max_values
+                for r in newcomers:
+                    value = end - is_open[r][0]
+                    values.append(value)
+                    weights.append(1)
+                    groups.append(replica)
+                    max_ids.append(r)
+                    max_values.append(value)
+                newcomers.clear()
+            ends.append(end)
+        if len(emitted) > num_decodes:
+            seen = self._seen
+            newcomers = self._newcomers[replica]
+            first = len(ends)
+            for req in emitted[num_decodes:]:
+                r = req.id
+                if seen[r]:  # its first token after a recompute
+                    value = end - self._last_emit.pop(r)
+                    values.append(value)
+                    weights.append(1)
+                    groups.append(replica)
+                    self._max_ids.append(r)
+                    self._max_values.append(value)
+                    later += 1
+                else:
+                    seen[r] = 1
+                    self.first_token[r] = end
+                self._prompt_ids.append(r)
+                is_open[r] = (end, first, replica)
+                newcomers.append(r)
+            self._members[replica] += len(emitted) - num_decodes
+        for req in finished:
+            self._close(req.id, False)
+        return later
+
+    def flush(self) -> None:
+        """Hand the pending TBTs to the distribution."""
+        if self._values:
+            self.tbt.add(np.array(self._values), np.array(self._groups, dtype=np.int64),
+                         np.array(self._weights, dtype=np.int64))
+            self._values, self._weights, self._groups = [], [], []
+
+    def finish(self) -> None:
+        """Per request: token count and largest TBT (first_token is kept as it goes)."""
+        self.flush()
+        n = self.num_requests
+        count = np.bincount(np.array(self._prompt_ids, dtype=np.int64), minlength=n)
+        max_tbt = self.max_tbt
+        if self._max_ids:
+            np.fmax.at(max_tbt, np.array(self._max_ids, dtype=np.int64), np.array(self._max_values))
+        if self._runs:
+            runs = np.array(self._runs, dtype=np.int64).reshape(-1, 4)
+            ids, replicas, first, last = runs.T
+            count += np.bincount(ids, weights=last - first + 1, minlength=n).astype(np.int64)
+            inner = last > first  # the gaps after a run's first decode batch are its other TBTs
+            for replica in np.unique(replicas[inner]):
+                mine = inner & (replicas == replica)
+                gaps = np.diff(np.array(self._ends[replica]), prepend=np.nan)
+                np.fmax.at(max_tbt, ids[mine], range_max(gaps, first[mine] + 1, last[mine]))
+        self.count = count
+        self._runs, self._prompt_ids, self._max_ids, self._max_values = [], [], [], []
+
+
+def range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """max(values[lo[i]:hi[i] + 1]) for every i (lo <= hi), from a sparse table."""
+    length = hi - lo + 1
+    level = np.frexp(length.astype(np.float64))[1] - 1  # floor(log2(length))
+    table = [values]
+    while (2 << (len(table) - 1)) <= length.max():
+        half = 1 << (len(table) - 1)
+        previous = table[-1]
+        table.append(np.maximum(previous[:-half], previous[half:]))
+    out = np.empty(len(lo))
+    for k in np.unique(level):
+        pick = level == k
+        row = table[k]
+        out[pick] = np.maximum(row[lo[pick]], row[hi[pick] - (1 << int(k)) + 1])
+    return out

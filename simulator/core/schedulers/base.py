@@ -268,13 +268,12 @@ class Scheduler:
         """Apply a finished batch; returns (requests that emitted a token, requests that finished)."""
         decodes = batch.decodes
         emitted = decodes.copy()
-        finished = []
-        for req in decodes:
-            req.generated += 1
-            if req.generated == req.finish_at:
-                finished.append(req)
-        num_finished_decodes = len(finished)
         decode_set = self._decode_set
+        for req in decodes:  # the one loop per token: who finishes, the decode set knows
+            req.generated += 1
+        # (a batch without a decode pass finds the previous pass's list, already taken: empty)
+        finished = decode_set.finishing() if decodes else []
+        num_finished_decodes = len(finished)
         decode_set.kv_tokens += len(decodes)
         # The reference's OSDI branch discards the token sampled when a prompt completes (§2.2).
         prompt_emits = not self.reference

@@ -8,7 +8,9 @@ for one scheduler:
 - `decoding`: the prompt-complete running requests, `prefilling`: the others, each in the running
   list's FCFS order;
 - `kv_tokens`: the sum of the decoding requests' contexts at the coming pass;
-- for each coming pass, the requests whose context outgrows their blocks in it (`due`).
+- for each coming pass, the requests whose context outgrows their blocks in it (`due`), and those
+  that make their last token in it (`finishing`), so that a batch's end finds its finished
+  requests without comparing every request's count.
 
 A pass in which no request can be preempted (enough free blocks for every due request) then does
 Python work only for the due requests (the batch's lists are copies, made in C). Any other pass
@@ -39,6 +41,7 @@ class DecodeSet:
         self.kv_tokens = 0  # sum over `decoding` of prompt_len + generated (the context at the pass)
         self.passes = 0     # decode passes so far, i.e. the index of the coming one
         self._due: dict[int, list[Request]] = {}  # pass index -> requests that need a block in it
+        self._finishing: dict[int, list[Request]] = {}  # pass index -> requests whose last token it makes
 
     def _file(self, req: Request, at_pass: int, context: int) -> None:
         """Note when `req`, whose context is `context` at pass `at_pass`, next needs a block: its
@@ -52,6 +55,27 @@ class DecodeSet:
             self._due[due] = [req]
         else:
             bucket.append(req)
+
+    def _file_finish(self, req: Request, at_pass: int) -> None:
+        """Note the pass in which `req`, decoding from pass `at_pass` on with `generated` tokens
+        before it, makes its last token: one token a pass."""
+        when = at_pass + req.finish_at - req.generated - 1
+        bucket = self._finishing.get(when)
+        if bucket is None:
+            self._finishing[when] = [req]
+        else:
+            bucket.append(req)
+
+    def finishing(self) -> list[Request]:
+        """The requests whose last token the latest pass made, FCFS (call once per pass, after the
+        pass's tokens are counted)."""
+        bucket = self._finishing.pop(self.passes - 1, None)
+        if bucket is None:
+            return []
+        if len(bucket) > 1:
+            bucket.sort(key=fcfs)
+        assert all(r.state == _DECODING and r.generated == r.finish_at for r in bucket), bucket
+        return bucket
 
     # ---- what the scheduler reports ----------------------------------------------------------
     def admit(self, req: Request) -> None:
@@ -69,6 +93,7 @@ class DecodeSet:
             context = req.prompt_len + req.generated
             self.kv_tokens += context
             self._file(req, self.passes, context)
+            self._file_finish(req, self.passes)
 
     def drop_finished(self, finished: list[Request]) -> None:
         """Decoding requests that emitted their last token."""
@@ -117,7 +142,9 @@ class DecodeSet:
         self.prefilling = [r for r in running if r.state == _PREFILLING]
         self.kv_tokens = 0
         self._due = {}
+        self._finishing = {}
         for req in self.decoding:
             context = req.prompt_len + req.generated
             self.kv_tokens += context
             self._file(req, self.passes, context + 1)
+            self._file_finish(req, self.passes - 1)  # the pass just run has not counted its token yet
