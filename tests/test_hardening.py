@@ -162,6 +162,12 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                 reason="finds leftover processes through /proc (Linux)")
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """A job started in the background (`cmd &`, nohup) inherits SIGINT ignored, and Python then
+    never raises KeyboardInterrupt: give the command the default a terminal's foreground job has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @needs_proc
 @pytest.mark.parametrize("phase", ["importing", "starting Ray"])
 def test_ctrl_c_exits_130_with_one_line_and_no_ray_process_left(phase, tmp_path):
@@ -170,7 +176,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_ray_process_left(phase, tmp_path)
                              "fig1.kv_bound_prefill_scale=null",
                              f"output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'hydra'}"],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
     deadline = time.monotonic() + 120
     if phase == "importing":
         time.sleep(0.3)
