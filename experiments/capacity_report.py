@@ -70,6 +70,10 @@ def _band(entries: list[dict[str, Any]]) -> go.Figure:
     return fig
 
 
+# 1-2-5 steps: plotly's own log ticks label the minor ones "2" and "5" whatever the decade
+LOG_TICKS = [m * 10.0 ** e for e in range(-3, 4) for m in (1, 2, 5)]
+
+
 def _probes(entry: dict[str, Any]) -> go.Figure:
     fig = go.Figure()
     probes = sorted(entry["probes"], key=lambda p: p["qps"])
@@ -92,5 +96,6 @@ def _probes(entry: dict[str, Any]) -> go.Figure:
     fig.add_vline(x=entry["capacity_qps"], line_dash="dot", annotation_text=f"capacity {entry['capacity_qps']:.2f}")
     scale = f", time scale {entry['time_scale']:g}" if entry["time_scale"] != 1.0 else ""
     fig.update_layout(title=f"{entry['scheduler']}, {entry['slo']} SLO{scale}: P99 TBT of each probe",
-                      xaxis_title="QPS", yaxis_title="P99 TBT (s)", yaxis_type="log", height=380)
+                      xaxis_title="QPS", yaxis_title="P99 TBT (s, log scale)", yaxis_type="log",
+                      yaxis_tickvals=LOG_TICKS, yaxis_ticktext=[f"{v:g}" for v in LOG_TICKS], height=380)
     return fig
