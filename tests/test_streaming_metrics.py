@@ -48,7 +48,7 @@ def test_token_stream_in_chunks_matches_the_whole_table():
         ids.append(members)
         times.append(np.full(len(members), float(b) + rng.random()))
     ids, times = np.concatenate(ids), np.concatenate(times)
-    whole, chunked = (TokenStream(num_requests, ExactDistribution(), keep_rows=True) for _ in range(2))
+    whole, chunked = (TokenStream(num_requests, ExactDistribution()) for _ in range(2))
     later_whole = whole.add(ids, times)
     cuts = [0, 1, 17, 900, 901, len(ids)]
     later_chunked = np.concatenate([chunked.add(ids[a:b], times[a:b]) for a, b in zip(cuts, cuts[1:])])

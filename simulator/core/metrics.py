@@ -86,7 +86,7 @@ class MetricsRecorder:
         tbt = distribution_for(expected_tokens, EXACT_MAX_TBT_VALUES, num_groups)
         # without token rows nothing needs one record per token: the cohort stream works per batch
         self.tokens: TokenStream | CohortStream = (
-            TokenStream(n, tbt, keep_rows=True) if keep_tokens or self.reference else CohortStream(n, tbt, num_groups))
+            TokenStream(n, tbt) if keep_tokens or self.reference else CohortStream(n, tbt, num_groups))
         self._cohorts = not self.tokens.keep_rows
         self._later_pending: list[int] = []  # cohort stream: per batch, its later tokens
         # the artifact's metrics read the whole token list (reference runs are one small replica)

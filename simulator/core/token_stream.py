@@ -1,13 +1,13 @@
-"""Output tokens folded chunk by chunk into what the metrics need, so that a run's memory does not
-grow with its tokens unless it writes them.
+"""Output tokens folded into what the metrics need, two ways.
 
-A chunk is the tokens of consecutive batches, in emission order. Per request the stream keeps its
-token count, its last token's time, its first token's time and its largest gap; each token's
-time-between-tokens (TBT) goes to a `Distribution`. Only with `keep_rows` are the token rows
-themselves kept (for tokens.parquet).
+`TokenStream` (when tokens.parquet is written, and under compat reference): a chunk is the tokens
+of consecutive batches, in emission order. Per request the stream keeps its token count, its last
+token's time, its first token's time and its largest gap; each token's time-between-tokens (TBT)
+goes to a `Distribution`, and the token rows are kept for tokens.parquet.
 
-`CohortStream` gives the same per-request columns and TBT distribution without seeing any token:
-the recorder uses it when no token rows are wanted (see its docstring).
+`CohortStream` gives the same per-request columns and TBT distribution without seeing any token,
+so a run's memory does not grow with its tokens: the recorder uses it when no token rows are
+wanted (see its docstring).
 """
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from .distribution import Distribution
 
 
 class TokenStream:
-    def __init__(self, num_requests: int, tbt: Distribution, keep_rows: bool):
+    keep_rows = True
+
+    def __init__(self, num_requests: int, tbt: Distribution):
         self.tbt = tbt
         self.count = np.zeros(num_requests, dtype=np.int64)
         self.last_time = np.full(num_requests, np.nan)
         self.first_token = np.full(num_requests, np.nan)
         self.max_tbt = np.full(num_requests, np.nan)
-        self.keep_rows = keep_rows
         self._rows: list[tuple[np.ndarray, ...]] = []
 
     def add(self, ids: np.ndarray, times: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
@@ -53,14 +54,13 @@ class TokenStream:
         self.max_tbt[owners] = np.fmax(self.max_tbt[owners], np.fmax.reduceat(tbt, starts))
         has = ~opening
         self.tbt.add(tbt[has], None if groups is None else groups[order][has])
-        if self.keep_rows:
-            self._rows.append((ids, index, times, tbt))
+        self._rows.append((ids, index, times, tbt))
         later = np.empty(n, dtype=bool)
         later[order] = has
         return later
 
     def rows(self) -> dict[str, np.ndarray]:
-        """The token table: one row per token, by request, then time (needs `keep_rows`; call once:
+        """The token table: one row per token, by request, then time (call once:
         the rows are handed over, not copied)."""
         if not self._rows:
             return {"request_id": np.zeros(0, np.int64), "token_index": np.zeros(0, np.int64),

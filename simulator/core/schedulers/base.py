@@ -22,7 +22,7 @@ from ..batch import Batch
 from ..config_fields import from_mapping
 from ..block_manager import BlockManager, KVCacheTooSmallError
 from ..request import Request, State
-from .decode_set import DecodeSet
+from .decode_set import DecodeSet, fcfs
 
 _FINISHED = State.FINISHED
 _PREFILLING = State.PREFILLING
@@ -35,10 +35,6 @@ class RequestRejectedError(ValueError):
 
 class SchedulerStuckError(RuntimeError):
     """Nothing could be scheduled although requests wait or run: a scheduler bug, never normal."""
-
-
-def _arrival(req: Request) -> float:
-    return req.arrival
 
 
 @dataclass(frozen=True)
@@ -193,7 +189,7 @@ class Scheduler:
         req.start_prefill(self.blocks.allocate(needed))
         self._admissions += 1
         req.fcfs_key = (req.arrival, self._admissions)
-        bisect.insort_right(self.running, req, key=_arrival)  # = append + stable FCFS sort
+        bisect.insort(self.running, req, key=fcfs)  # FCFS: by arrival, ties in admission order
         self._decode_set.admit(req)
         return True
 

@@ -50,21 +50,12 @@ class DecodeSet:
         crossing keep it so; tests/test_schedulers.py checks it after every batch)."""
         due = at_pass + len(req.blocks) * self.block_size - context + 1
         assert due >= at_pass, (req, at_pass, context)
-        bucket = self._due.get(due)
-        if bucket is None:
-            self._due[due] = [req]
-        else:
-            bucket.append(req)
+        self._due.setdefault(due, []).append(req)
 
     def _file_finish(self, req: Request, at_pass: int) -> None:
         """Note the pass in which `req`, decoding from pass `at_pass` on with `generated` tokens
         before it, makes its last token: one token a pass."""
-        when = at_pass + req.finish_at - req.generated - 1
-        bucket = self._finishing.get(when)
-        if bucket is None:
-            self._finishing[when] = [req]
-        else:
-            bucket.append(req)
+        self._finishing.setdefault(at_pass + req.finish_at - req.generated - 1, []).append(req)
 
     def finishing(self) -> list[Request]:
         """The requests whose last token the latest pass made, FCFS (call once per pass, after the
