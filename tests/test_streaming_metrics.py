@@ -171,3 +171,16 @@ def test_cohort_stream_rejects_a_batch_that_skips_a_decoding_request():
     stream.on_batch(0, 2.0, 2, [a, b], [], [])
     with pytest.raises(RuntimeError, match="decodes 1 requests, but 2 are decoding"):
         stream.on_batch(0, 3.0, 1, [a], [], [])
+
+
+def test_exact_quantiles_are_numpys_bit_for_bit():
+    # selection instead of numpy's partition: same order statistics, same interpolation arithmetic
+    from simulator.core.distribution import linear_quantiles
+
+    rng = np.random.default_rng(7)
+    cases = [rng.gamma(2, 0.1, 50_000), np.repeat(rng.random(300), 97), rng.normal(0, 1, 999),
+             np.array([3.5]), np.array([0.0, -0.0, 5e-324, 1e300, -1e300, 2.0]),
+             np.concatenate([np.zeros(1000), rng.random(10)])]
+    qs = np.concatenate([np.linspace(0, 1, 1001), rng.random(50)])
+    for values in cases:
+        assert np.array_equal(linear_quantiles(values, qs), np.quantile(values, qs)), values[:5]

@@ -1,7 +1,8 @@
 """A distribution of many values (the time between tokens), per group and overall, built chunk by
 chunk: exact where the values fit in memory, else a log-bucket sketch with a stated accuracy.
 
-- `ExactDistribution` keeps every value: quantiles are numpy's (linear interpolation).
+- `ExactDistribution` keeps every value: quantiles are numpy's (linear interpolation), bit for bit,
+  found by selection rather than numpy's partition (a tenth of the time for a thousand quantiles).
 - `SketchDistribution` counts values in log-linear buckets (512 per octave); a quantile is the
   midpoint of the bucket holding the order statistic numpy's interpolation starts from, so it is
   within 0.098% (relative) of it -- as fine as the reference artifact's DDSketch (0.1%).
@@ -92,7 +93,49 @@ class ExactDistribution(Distribution):
 
     def quantiles(self, qs: np.ndarray, group: int | None = None) -> np.ndarray:
         values = self.values(group)
-        return np.quantile(values, qs) if len(values) else np.full(len(qs), np.nan)
+        return linear_quantiles(values, qs) if len(values) else np.full(len(qs), np.nan)
+
+
+def linear_quantiles(values: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """`np.quantile(values, qs)` (method "linear", finite values), the same floats: numpy's index
+    and interpolation arithmetic on the order statistics that `order_statistics` selects."""
+    n = len(values)
+    qs = np.asarray(qs, dtype=np.float64)
+    virtual = (n - 1) * qs
+    below = np.floor(virtual)
+    at_top = virtual >= n - 1
+    lo = np.where(at_top, n - 1, below).astype(np.int64)
+    hi = np.where(at_top, n - 1, below + 1).astype(np.int64)
+    ranks, where = np.unique(np.concatenate((lo, hi)), return_inverse=True)
+    picked = order_statistics(values, ranks)[where]
+    a, b = picked[:len(qs)], picked[len(qs):]
+    t = virtual - below
+    diff = b - a
+    return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's _lerp
+
+
+SELECT_BUCKET_BITS = 16
+
+
+def order_statistics(values: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """`np.sort(values)[ranks]` (finite values; `ranks` ascending, unique) without sorting them all:
+    count the values in 2^16 buckets of their order-preserving integer keys, then sort only the
+    buckets that hold a wanted rank."""
+    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.int64)
+    # flip a negative's other bits, then the sign bit: unsigned order = float order
+    keys = (bits ^ ((bits >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.uint64) ^ np.uint64(1 << 63)
+    low, high = keys.min(), keys.max()
+    shift = max(0, int(high - low).bit_length() - SELECT_BUCKET_BITS)
+    buckets = ((keys - low) >> np.uint64(shift)).astype(np.intp)
+    counts = np.bincount(buckets)
+    ends = np.cumsum(counts)
+    home = np.searchsorted(ends, ranks, side="right")   # the bucket holding each rank
+    wanted = np.zeros(len(counts), dtype=bool)
+    wanted[home] = True
+    chosen = np.sort(values[wanted[buckets]])           # buckets are value ranges: in bucket order
+    kept = np.where(wanted, counts, 0)
+    kept_before = np.cumsum(kept) - kept                 # where each chosen bucket starts in `chosen`
+    return chosen[kept_before[home] + ranks - (ends[home] - counts[home])]
 
 
 class SketchDistribution(Distribution):

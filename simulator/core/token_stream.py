@@ -60,25 +60,20 @@ class TokenStream:
         return later
 
     def rows(self) -> dict[str, np.ndarray]:
-        """The token table: one row per token, by request, then time (call once:
-        the rows are handed over, not copied)."""
-        if not self._rows:
-            return {"request_id": np.zeros(0, np.int64), "token_index": np.zeros(0, np.int64),
-                    "time": np.zeros(0), "tbt": np.zeros(0)}
-        ids, index, times, tbt = (np.concatenate(c) for c in zip(*self._rows))
-        self._rows = []
-        # Token k (1-based) of request r goes to row offset[r] + k - 1: a scatter, not a sort, since
-        # every request's tokens carry the indices 1..count[r] exactly once.
+        """The token table: one row per token, by request, then time (call once: the chunks are
+        dropped as they are placed)."""
+        total = int(self.count.sum())
+        # request r's tokens 1..count[r] take rows offset[r] .. offset[r] + count[r] - 1
         offset = np.cumsum(self.count) - self.count
-        position = offset[ids] + index - 1
-        out = {"request_id": ids, "token_index": index, "time": times, "tbt": tbt}
-        for name, values in out.items():
-            placed = np.empty_like(values)
-            placed[position] = values
-            out[name] = placed
-        out["request_id"] = out["request_id"].astype(np.int64, copy=False)
-        return out
-
+        request_id = np.repeat(np.arange(len(self.count), dtype=np.int64), self.count)
+        token_index = np.arange(1, total + 1, dtype=np.int64) - np.repeat(offset, self.count)
+        times, tbt = np.empty(total), np.empty(total)
+        while self._rows:  # a scatter per chunk, not a sort: every row is written exactly once
+            ids, index, chunk_times, chunk_tbt = self._rows.pop(0)
+            position = offset[ids] + index - 1
+            times[position] = chunk_times
+            tbt[position] = chunk_tbt
+        return {"request_id": request_id, "token_index": token_index, "time": times, "tbt": tbt}
 
 class CohortStream:
     """What `TokenStream` gives without token rows, from per-batch and per-request events only.
