@@ -101,8 +101,9 @@ def test_range_max_matches_slices():
     assert np.array_equal(range_max(values, lo, hi), expected)
 
 
-def _random_run(name: str, replicas: int, seed: int, keep_tokens: bool):
-    """A small cluster on a KV cache tight enough to preempt often; batch times vary with the batch."""
+def _random_run(name: str, replicas: int, seed: int, keep_tokens: bool, monkeypatch):
+    """A small cluster on a KV cache tight enough to preempt often; batch times vary with the batch.
+    Returns the tables, the preemptions and every batch's (end, replica, ids of who emitted)."""
     rng = np.random.default_rng(seed)
     n = 120
     arrivals = np.sort(np.round(rng.exponential(0.05, n).cumsum(), 2))  # ties included
@@ -118,45 +119,68 @@ def _random_run(name: str, replicas: int, seed: int, keep_tokens: bool):
         return (0.01 + 0.001 * batch.num_prefill_tokens + 0.0003 * len(batch.decodes)
                 + 1e-5 * (batch.decode_kv_tokens % 7))
 
+    events = []
+    on_batch = metrics.MetricsRecorder.on_batch
+
+    def spy(self, batch, start, end, emitted, finished, kv_blocks_in_use, **extras):
+        events.append((end, extras.get("replica", 0), [r.id for r in emitted]))
+        on_batch(self, batch, start, end, emitted, finished, kv_blocks_in_use, **extras)
+
+    monkeypatch.setattr(metrics.MetricsRecorder, "on_batch", spy)
     router = Router.make("round_robin" if seed % 2 else "least_outstanding", replicas) if replicas > 1 else None
     recorder = simulate(requests, schedulers if replicas > 1 else schedulers[0], batch_time, router,
                         keep_tokens=keep_tokens, keep_batches=False)
-    return recorder.finalize(), sum(r.num_preemptions for r in requests)
+    monkeypatch.setattr(metrics.MetricsRecorder, "on_batch", on_batch)
+    return recorder.finalize(), sum(r.num_preemptions for r in requests), events
 
 
 @pytest.mark.parametrize("sketch", [False, True])
 @pytest.mark.parametrize("replicas", [1, 3])
 @pytest.mark.parametrize("name", ["vllm", "sarathi", "orca", "faster_transformer"])
-def test_cohort_stream_matches_the_token_rows(monkeypatch, name, replicas, sketch):
-    # Without token rows the metrics come from per-batch cohorts (`CohortStream`): every request
-    # column, the token counts and the TBT distribution must be what the token rows give.
+def test_cohort_stream_matches_every_token_recorded(monkeypatch, name, replicas, sketch):
+    # The recorder never sees a token: `CohortStream` derives them from per-batch cohorts. Every
+    # token row, request column, token count and the TBT distribution must be what recording each
+    # emitted token (`TokenStream`, as compat reference does) gives, with or without token rows.
     monkeypatch.setattr(metrics, "FOLD_BATCHES", 13)  # several chunks per run
-    monkeypatch.setattr(metrics, "FOLD_TOKENS", 50)
     if sketch:
         monkeypatch.setattr(metrics, "EXACT_MAX_TBT_VALUES", 10)
     preemptions = 0
     for seed in range(6):
-        rows, _ = _random_run(name, replicas, seed, keep_tokens=True)
-        lean, preempted = _random_run(name, replicas, seed, keep_tokens=False)
+        rows, preempted, events = _random_run(name, replicas, seed, True, monkeypatch)
+        lean, _, _ = _random_run(name, replicas, seed, False, monkeypatch)
         preemptions += preempted
+        ids = np.concatenate([np.array(emitted, dtype=np.int64) for _, _, emitted in events])
+        per_batch = [len(emitted) for _, _, emitted in events]
+        times = np.repeat([end for end, _, _ in events], per_batch)
+        groups = np.repeat([replica for _, replica, _ in events], per_batch)
+        n = len(rows.requests["request_id"])
+        truth = TokenStream(n, (SketchDistribution if sketch else ExactDistribution)(replicas))
+        later = truth.add(ids, times, groups)
+        truth_rows = truth.rows()
+        for key, column in truth_rows.items():
+            assert np.array_equal(column, rows.tokens[key], equal_nan=True), key
         assert lean.tokens is None and rows.conservation == lean.conservation and lean.conservation["ok"]
-        assert rows.requests.keys() == lean.requests.keys()
+        assert lean.conservation["tokens_produced"] == len(ids)
         for key, column in rows.requests.items():
             assert np.array_equal(column, lean.requests[key], equal_nan=True), key
-        assert np.array_equal(rows.later_tokens, lean.later_tokens)
-        produced = np.bincount(rows.tokens["request_id"], minlength=len(rows.requests["request_id"]))
-        assert lean.conservation["tokens_produced"] == produced.sum()
-        a, b = rows.tbt, lean.tbt
-        assert type(a) is type(b) is (SketchDistribution if sketch else ExactDistribution)
-        assert np.array_equal(a.count, b.count) and np.array_equal(a.max, b.max)
-        assert np.allclose(a.total, b.total, rtol=1e-12, atol=0)
-        for group in (None, *range(replicas)) if replicas > 1 else (None,):
-            if sketch:
-                assert np.array_equal(a.buckets, b.buckets)
-            else:
-                assert np.array_equal(np.sort(a.values(group)), np.sort(b.values(group)))
-            qs = np.linspace(0, 1, 101)
-            assert np.array_equal(a.quantiles(qs, group), b.quantiles(qs, group), equal_nan=True)
+        assert np.array_equal(rows.requests["first_token"], truth.first_token, equal_nan=True)
+        assert np.array_equal(rows.requests["max_tbt"], truth.max_tbt, equal_nan=True)
+        batch_of_token = np.repeat(np.arange(len(events)), per_batch)
+        expected_later = np.bincount(batch_of_token, weights=later, minlength=len(events)).astype(np.int64)
+        assert np.array_equal(rows.later_tokens, expected_later)
+        assert np.array_equal(lean.later_tokens, expected_later)
+        for dist in (rows.tbt, lean.tbt):
+            a, b = truth.tbt, dist
+            assert type(a) is type(b) is (SketchDistribution if sketch else ExactDistribution)
+            assert np.array_equal(a.count, b.count) and np.array_equal(a.max, b.max)
+            assert np.allclose(a.total, b.total, rtol=1e-12, atol=0)
+            for group in (None, *range(replicas)) if replicas > 1 else (None,):
+                if sketch:
+                    assert np.array_equal(a.buckets, b.buckets)
+                else:
+                    assert np.array_equal(np.sort(a.values(group)), np.sort(b.values(group)))
+                qs = np.linspace(0, 1, 101)
+                assert np.array_equal(a.quantiles(qs, group), b.quantiles(qs, group), equal_nan=True)
     if not SCHEDULERS[name].reserves_max_len:
         assert preemptions, "the workloads are meant to preempt"
 

@@ -2,12 +2,12 @@
 
 An engine calls `MetricsRecorder.on_batch` once per iteration with what the scheduler reported.
 Recording is cheap (appends to flat lists: it runs once per batch on the simulator's hot path);
-every few million tokens the lists are folded into numpy (`token_stream.py`), so memory grows
-with the tokens only when the token table is kept (`keep_tokens`). Without the token table (and
-outside compat reference) no token is recorded at all: `CohortStream` derives every token metric
-from per-batch and per-request events (a replica's decoding requests share their last token's
-time), so its TBT sums may differ from the token rows' in their last bits, nothing else does.
-The tables are built with numpy:
+every 65,536 batches the lists are folded into numpy. No token is recorded one by one (outside
+compat reference): `CohortStream` derives every token metric from per-batch and per-request events
+(a replica's decoding requests share their last token's time), and the token rows, when kept
+(`keep_tokens`), are built from those events once the run is over. The TBT distribution takes a
+decode batch's cohort as one weighted value, so its sum (the mean TBT) may differ from a per-token
+sum in the last bits. The tables are built with numpy:
 
 - requests: arrival, first scheduled, first token, finish, TTFT, end-to-end, scheduling delay,
   preemptions, and the longest gap between two of its tokens;
@@ -21,9 +21,10 @@ The tables are built with numpy:
 preemption; none for a request it ignored). A failure is reported in the summary and raised,
 never passed off.
 
-Under `compat: reference` the recorder also logs who took part in each batch and where prompts
-completed, from which `finalize` derives the artifact's own metrics (`artifact_metrics.py`), and
-TTFT is the artifact's `prefill_e2e_time`: arrival to the end of the prompt's last chunk.
+Under `compat: reference` the recorder records each token (`TokenStream`) and logs who took part
+in each batch and where prompts completed, from which `finalize` derives the artifact's own
+metrics (`artifact_metrics.py`), and TTFT is the artifact's `prefill_e2e_time`: arrival to the end
+of the prompt's last chunk.
 """
 from __future__ import annotations
 
@@ -40,8 +41,7 @@ from .request import Request
 from .token_stream import CohortStream, TokenStream
 
 _request_id = operator.attrgetter("id")
-FOLD_TOKENS = 1 << 21     # fold the pending tokens into numpy past this many (about 40 MB of lists)
-FOLD_BATCHES = 1 << 16    # ... or past this many batches
+FOLD_BATCHES = 1 << 16    # fold the pending batch rows into numpy past this many
 EXACT_MAX_TBT_VALUES = 50_000_000  # exact TBT quantiles up to this many tokens (400 MB), else a sketch
 SUMMARY_BATCH_COLUMNS = ("end", "num_emitted_tokens", "replica")  # what a run keeps without its batch table
 
@@ -85,12 +85,11 @@ class MetricsRecorder:
         expected_tokens = sum(r.decode_len for r in self.requests)
         tbt = distribution_for(expected_tokens, EXACT_MAX_TBT_VALUES, num_groups)
         # without token rows nothing needs one record per token: the cohort stream works per batch
+        self.keep_tokens = keep_tokens or self.reference
+        self._cohorts = not self.reference  # the artifact's metrics read every token's record
         self.tokens: TokenStream | CohortStream = (
-            TokenStream(n, tbt) if keep_tokens or self.reference else CohortStream(n, tbt, num_groups))
-        self._cohorts = not self.tokens.keep_rows
+            CohortStream(n, tbt, num_groups, keep_rows=keep_tokens) if self._cohorts else TokenStream(n, tbt))
         self._later_pending: list[int] = []  # cohort stream: per batch, its later tokens
-        # the artifact's metrics read the whole token list (reference runs are one small replica)
-        self._fold_tokens = float("inf") if self.reference else FOLD_TOKENS
         self.ignored = np.zeros(n, dtype=bool)
         self.tokens_before_preemption = np.zeros(n, dtype=np.int64)  # at its last preemption
         self.events = BatchEvents() if self.reference else None
@@ -100,17 +99,17 @@ class MetricsRecorder:
         for req, _start, _chunk in batch.prefills:
             if self.first_scheduled[req.id] != self.first_scheduled[req.id]:  # NaN: first time
                 self.first_scheduled[req.id] = start
-        # `emitted` starts with the batch's decodes, whose ids the scheduler may have listed
-        decode_ids = batch.decode_ids
         if self._cohorts:
             self._later_pending.append(self.tokens.on_batch(
                 extras.get("replica", 0), end, len(batch.decodes), emitted, finished, batch.preempted))
-        elif decode_ids is None:
-            self._token_ids.extend(map(_request_id, emitted))
-        else:
-            self._token_ids.extend(decode_ids)
-            if len(emitted) > len(decode_ids):
-                self._token_ids.extend(map(_request_id, emitted[len(decode_ids):]))
+        else:  # each token's request: `emitted` starts with the decodes, whose ids may be listed
+            decode_ids = batch.decode_ids
+            if decode_ids is None:
+                self._token_ids.extend(map(_request_id, emitted))
+            else:
+                self._token_ids.extend(decode_ids)
+                if len(emitted) > len(decode_ids):
+                    self._token_ids.extend(map(_request_id, emitted[len(decode_ids):]))
         self._tokens_per_batch.append(len(emitted))
         for req in finished:
             self.finish[req.id] = end
@@ -124,7 +123,7 @@ class MetricsRecorder:
             for req in batch.preempted:
                 self.tokens_before_preemption[req.id] = req.generated
             self.events.on_batch(batch, len(self._batch_rows) - 1)
-        elif len(self._token_ids) >= self._fold_tokens or len(self._batch_rows) >= FOLD_BATCHES:
+        elif len(self._batch_rows) >= FOLD_BATCHES:
             self._fold()
 
     def _fold(self) -> None:
@@ -169,7 +168,7 @@ class MetricsRecorder:
         batches = self._batch_table()
         if self._cohorts:
             self.tokens.finish()
-        tokens = self.tokens.rows() if self.tokens.keep_rows else None
+        tokens = self.tokens.rows() if self.keep_tokens else None
         requests = self._request_table()
         conservation = self._conservation()
         later = np.concatenate(self._later_tokens)

@@ -1,13 +1,13 @@
 """Output tokens folded into what the metrics need, two ways.
 
-`TokenStream` (when tokens.parquet is written, and under compat reference): a chunk is the tokens
-of consecutive batches, in emission order. Per request the stream keeps its token count, its last
-token's time, its first token's time and its largest gap; each token's time-between-tokens (TBT)
-goes to a `Distribution`, and the token rows are kept for tokens.parquet.
+`CohortStream` (every run outside compat reference) never sees a token: it derives each token's
+time, the per-request columns and the TBT distribution from per-batch and per-request events, and
+builds the token rows for tokens.parquet only at the end, when they are wanted.
 
-`CohortStream` gives the same per-request columns and TBT distribution without seeing any token,
-so a run's memory does not grow with its tokens: the recorder uses it when no token rows are
-wanted (see its docstring).
+`TokenStream` (compat reference, whose artifact metrics read the token list itself): a chunk is the
+tokens of consecutive batches, in emission order. Per request the stream keeps its token count, its
+last token's time, its first token's time and its largest gap; each token's time-between-tokens
+(TBT) goes to a `Distribution`, and the token rows are kept for tokens.parquet.
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from .distribution import Distribution
 
 
 class TokenStream:
-    keep_rows = True
-
     def __init__(self, num_requests: int, tbt: Distribution):
         self.tbt = tbt
         self.count = np.zeros(num_requests, dtype=np.int64)
@@ -76,39 +74,47 @@ class TokenStream:
         return {"request_id": request_id, "token_index": token_index, "time": times, "tbt": tbt}
 
 class CohortStream:
-    """What `TokenStream` gives without token rows, from per-batch and per-request events only.
+    """What `TokenStream` gives, from per-batch and per-request events only.
 
     Each replica's decode pass gives a token to every prompt-complete running request (those it
     preempts leave first), so a replica's decoding requests form a cohort that emitted last in the
     replica's previous decode batch, plus the newcomers whose prompt completed (and emitted) since.
     A decode batch's TBTs are then k copies of (its end - the previous decode batch's end) and one
-    value per newcomer: the distribution takes them as (value, weight) pairs. A request's decode
-    tokens come in runs, from the decode batch after its prompt completes to the one it finishes
-    in (or the last before it is preempted): its count adds up its runs' lengths and its prompt
-    emissions, and its largest TBT is the largest of its individual values (first decode of a run,
-    first token after a recompute) and, per run, of the replica's decode-batch gaps inside the run
-    (a range maximum, answered for every run at once by `finish`).
+    value per newcomer: the distribution takes them as (value, weight) pairs. A request's tokens
+    come in episodes: a prompt emission, then a run of decode tokens, one per decode batch of its
+    replica, from the one after the emission to the one it finishes in (or the last before it is
+    preempted). Its count adds up its episodes, its largest TBT is the largest of its individual
+    values (first decode of a run, first token after a recompute) and, per run, of the replica's
+    decode-batch gaps inside the run (a range maximum, answered for every run at once by
+    `finish`), and its token rows are its episodes' times: each emission's, then the run's batch
+    ends.
 
     The stream checks on every decode batch that the batch decodes exactly the requests it counts
     as decoding on that replica, so the token counts (conservation) stay evidence of their own.
     """
-    keep_rows = False
 
-    def __init__(self, num_requests: int, tbt: Distribution, num_groups: int = 1):
+    def __init__(self, num_requests: int, tbt: Distribution, num_groups: int = 1, keep_rows: bool = False):
         self.tbt = tbt
+        self.keep_rows = keep_rows
         self.num_requests = num_requests
         self.count = np.zeros(num_requests, dtype=np.int64)
         self.first_token = np.full(num_requests, np.nan)
         self.max_tbt = np.full(num_requests, np.nan)
         self._seen = bytearray(num_requests)          # has emitted a token
-        # decoding now: request -> (its prompt's token time, its first decode batch, replica)
-        self._open: dict[int, tuple[float, int, int]] = {}
+        # decoding now: request -> (its prompt's token time, its first decode batch, replica, episode)
+        self._open: dict[int, tuple[float, int, int, int]] = {}
         self._last_emit: dict[int, float] = {}        # preempted after emitting: its last token's time
         self._ends: list[list[float]] = [[] for _ in range(num_groups)]  # per replica: its decode batches' ends
         self._members = [0] * num_groups              # per replica: requests decoding
         self._newcomers: list[list[int]] = [[] for _ in range(num_groups)]  # joined since the last decode batch
-        self._prompt_ids: list[int] = []               # one per prompt emission
-        self._runs: list[tuple[int, int, int, int]] = []  # (request, replica, first, last decode batch)
+        # episodes, in emission order: request, emission time, replica, first and last decode batch
+        # of its run (last = first - 1 until the run closes: no decode token yet)
+        self._ep_request: list[int] = []
+        self._ep_time: list[float] = []
+        self._ep_replica: list[int] = []
+        self._ep_first: list[int] = []
+        self._ep_last: list[int] = []
+        self._stray: list[int] = []                    # tokens outside any episode (see on_batch)
         self._max_ids: list[int] = []                  # individual TBTs, for the per-request maximum
         self._max_values: list[float] = []
         self._values: list[float] = []                 # pending (value, weight, group) for `tbt`
@@ -118,7 +124,7 @@ class CohortStream:
     def _close(self, r: int, preempted: bool) -> None:
         """Request `r` stops decoding (finished, or preempted): its run ends at the replica's last
         decode batch so far."""
-        join, first, replica = self._open.pop(r)
+        join, first, replica, episode = self._open.pop(r)
         self._members[replica] -= 1
         ends = self._ends[replica]
         last = len(ends) - 1
@@ -127,7 +133,7 @@ class CohortStream:
             if preempted:
                 self._last_emit[r] = join
         else:
-            self._runs.append((r, replica, first, last))
+            self._ep_last[episode] = last
             if preempted:
                 self._last_emit[r] = ends[last]
 
@@ -170,6 +176,12 @@ class CohortStream:
             first = len(ends)
             for req in emitted[num_decodes:]:
                 r = req.id
+                if seen[r] and (r in is_open or r not in self._last_emit):
+                    # a second token in one batch, or a prompt's token with no recompute before it:
+                    # an engine fault, counted so that conservation reports it
+                    self._stray.append(r)
+                    later += 1
+                    continue
                 if seen[r]:  # its first token after a recompute
                     value = end - self._last_emit.pop(r)
                     values.append(value)
@@ -181,8 +193,12 @@ class CohortStream:
                 else:
                     seen[r] = 1
                     self.first_token[r] = end
-                self._prompt_ids.append(r)
-                is_open[r] = (end, first, replica)
+                is_open[r] = (end, first, replica, len(self._ep_request))
+                self._ep_request.append(r)
+                self._ep_time.append(end)
+                self._ep_replica.append(replica)
+                self._ep_first.append(first)
+                self._ep_last.append(first - 1)
                 newcomers.append(r)
             self._members[replica] += len(emitted) - num_decodes
         for req in finished:
@@ -200,21 +216,45 @@ class CohortStream:
         """Per request: token count and largest TBT (first_token is kept as it goes)."""
         self.flush()
         n = self.num_requests
-        count = np.bincount(np.array(self._prompt_ids, dtype=np.int64), minlength=n)
+        ids = np.array(self._ep_request, dtype=np.int64)
+        replicas = np.array(self._ep_replica, dtype=np.int64)
+        first, last = np.array(self._ep_first, dtype=np.int64), np.array(self._ep_last, dtype=np.int64)
+        self.count = (np.bincount(ids, weights=last - first + 2, minlength=n).astype(np.int64)
+                      + np.bincount(np.array(self._stray, dtype=np.int64), minlength=n))
         max_tbt = self.max_tbt
         if self._max_ids:
             np.fmax.at(max_tbt, np.array(self._max_ids, dtype=np.int64), np.array(self._max_values))
-        if self._runs:
-            runs = np.array(self._runs, dtype=np.int64).reshape(-1, 4)
-            ids, replicas, first, last = runs.T
-            count += np.bincount(ids, weights=last - first + 1, minlength=n).astype(np.int64)
-            inner = last > first  # the gaps after a run's first decode batch are its other TBTs
-            for replica in np.unique(replicas[inner]):
-                mine = inner & (replicas == replica)
-                gaps = np.diff(np.array(self._ends[replica]), prepend=np.nan)
-                np.fmax.at(max_tbt, ids[mine], range_max(gaps, first[mine] + 1, last[mine]))
-        self.count = count
-        self._runs, self._prompt_ids, self._max_ids, self._max_values = [], [], [], []
+        inner = last > first  # the gaps after a run's first decode batch are its other TBTs
+        for replica in np.unique(replicas[inner]):
+            mine = inner & (replicas == replica)
+            gaps = np.diff(np.array(self._ends[replica]), prepend=np.nan)
+            np.fmax.at(max_tbt, ids[mine], range_max(gaps, first[mine] + 1, last[mine]))
+        self._max_ids, self._max_values = [], []
+
+    def rows(self) -> dict[str, np.ndarray]:
+        """The token table (as `TokenStream.rows`), from the episodes: by request, then time."""
+        requests = np.array(self._ep_request, dtype=np.int64)
+        order = np.argsort(requests, kind="stable")       # a request's episodes in time order
+        replicas = np.array(self._ep_replica, dtype=np.int64)[order]
+        first = np.array(self._ep_first, dtype=np.int64)[order]
+        length = np.array(self._ep_last, dtype=np.int64)[order] - first + 2  # emission + decodes
+        total = int(length.sum())
+        count = np.bincount(requests[order], weights=length, minlength=self.num_requests).astype(np.int64)
+        start = np.cumsum(length) - length                # each episode's first row
+        ends = [np.array(e) for e in self._ends]
+        base = np.cumsum([0] + [len(e) for e in ends[:-1]])
+        # row start[e] + k (k >= 1) is the run's k-th decode batch: all ends concatenated, index
+        # base[replica] + first + k - 1; row start[e] itself is the emission, set after
+        source = np.repeat(base[replicas] + first - 1 - start, length) + np.arange(total)
+        times = np.concatenate(ends + [np.zeros(1)])[source]  # (a run-less replica's -1 lands on the pad)
+        times[start] = np.array(self._ep_time)[order]
+        offset = np.cumsum(count) - count                 # each request's first row
+        tbt = np.empty(total)
+        tbt[1:] = times[1:] - times[:-1]
+        tbt[offset[count > 0]] = np.nan                    # a first token has no TBT
+        return {"request_id": np.repeat(np.arange(self.num_requests, dtype=np.int64), count),
+                "token_index": np.arange(1, total + 1, dtype=np.int64) - np.repeat(offset, count),
+                "time": times, "tbt": tbt}
 
 
 def range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
