@@ -208,3 +208,24 @@ def test_exact_quantiles_are_numpys_bit_for_bit():
     qs = np.concatenate([np.linspace(0, 1, 1001), rng.random(50)])
     for values in cases:
         assert np.array_equal(linear_quantiles(values, qs), np.quantile(values, qs)), values[:5]
+
+
+def test_weighted_values_give_the_quantiles_of_their_repetition():
+    from simulator.core.distribution import linear_quantiles
+
+    rng = np.random.default_rng(8)
+    values, weights = rng.gamma(2, 0.1, 3000), rng.integers(1, 60, 3000)
+    values[::7] = values[3]  # ties across pairs
+    qs = np.concatenate([np.linspace(0, 1, 1001), rng.random(50)])
+    expected = np.quantile(np.repeat(values, weights), qs)
+    assert np.array_equal(linear_quantiles(values, qs, weights), expected)
+    dist = ExactDistribution(2)
+    groups = rng.integers(0, 2, 3000)
+    dist.add(values[:1000], groups[:1000], weights[:1000])
+    dist.add(values[1000:2000], groups[1000:2000])  # once each
+    dist.add(values[2000:], groups[2000:], weights[2000:])
+    once = np.ones(3000, np.int64)
+    once[:1000], once[2000:] = weights[:1000], weights[2000:]
+    for group in (None, 1):
+        mine = slice(None) if group is None else groups == group
+        assert np.array_equal(dist.quantiles(qs, group), np.quantile(np.repeat(values[mine], once[mine]), qs))
