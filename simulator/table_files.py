@@ -28,7 +28,10 @@ def write_csv(path: str | Path, columns: Mapping[str, Any]) -> None:
 def _cells(values: np.ndarray) -> list:
     """A column as Python scalars (whose str() is repr, as pandas writes floats); NaN and None empty."""
     cells = values.tolist()
-    if values.dtype.kind in "fO":
+    if values.dtype.kind == "f":
+        for i in np.flatnonzero(np.isnan(values)).tolist():
+            cells[i] = ""
+    elif values.dtype.kind == "O":
         cells = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in cells]
     return cells
 
