@@ -3,8 +3,9 @@
 Files in a run directory:
 - `requests.csv`   one row per request (times in seconds from the run's start);
 - `tokens.parquet` one row per output token, with its time-between-tokens (TBT); not with
-                   `outputs.tokens=false` (the summary's TBT quantiles then stream: exact up to
-                   50 M tokens, else a sketch within 0.1%, as `tbt_quantiles` says);
+                   `outputs.tokens=false` (the summary's TBT quantiles are exact either way while
+                   they take at most 50 M values, else from a sketch within 0.1%, as `tbt_quantiles`
+                   says);
 - `batches.parquet` one row per iteration: times, shape, KV blocks, cost breakdown (`cost_<op>_s`);
                    not with `outputs.batches=false`;
 - `summary.json`   quantiles, throughput, makespan, the conservation check and what produced it;

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from simulator.cli import to_dict
 from simulator.core import metrics
-from simulator.core.distribution import RELATIVE_ACCURACY, ExactDistribution, SketchDistribution
+from simulator.core.distribution import RELATIVE_ACCURACY, ExactDistribution, ExactUntilFull, SketchDistribution
 from simulator.core.paths import REPO_ROOT
 from simulator.core.request import Request
 from simulator.core.schedulers import SCHEDULERS, SchedulerConfig, make_scheduler
@@ -171,14 +171,14 @@ def test_cohort_stream_matches_every_token_recorded(monkeypatch, name, replicas,
         assert np.array_equal(lean.later_tokens, expected_later)
         for dist in (rows.tbt, lean.tbt):
             a, b = truth.tbt, dist
-            assert type(a) is type(b) is (SketchDistribution if sketch else ExactDistribution)
+            assert type(a) is type(b.inner) is (SketchDistribution if sketch else ExactDistribution)
             assert np.array_equal(a.count, b.count) and np.array_equal(a.max, b.max)
             assert np.allclose(a.total, b.total, rtol=1e-12, atol=0)
             for group in (None, *range(replicas)) if replicas > 1 else (None,):
                 if sketch:
-                    assert np.array_equal(a.buckets, b.buckets)
+                    assert np.array_equal(a.buckets, b.inner.buckets)
                 else:
-                    assert np.array_equal(np.sort(a.values(group)), np.sort(b.values(group)))
+                    assert np.array_equal(np.sort(a.values(group)), np.sort(b.inner.values(group)))
                 qs = np.linspace(0, 1, 101)
                 assert np.array_equal(a.quantiles(qs, group), b.quantiles(qs, group), equal_nan=True)
     if not SCHEDULERS[name].reserves_max_len:
@@ -229,3 +229,22 @@ def test_weighted_values_give_the_quantiles_of_their_repetition():
     for group in (None, 1):
         mine = slice(None) if group is None else groups == group
         assert np.array_equal(dist.quantiles(qs, group), np.quantile(np.repeat(values[mine], once[mine]), qs))
+
+
+def test_exact_until_full_moves_to_the_sketch_past_its_limit():
+    rng = np.random.default_rng(9)
+    chunks = [(rng.gamma(2, 0.1, 40), rng.integers(0, 3, 40), rng.integers(1, 9, 40)) for _ in range(5)]
+    bounded, sketch = ExactUntilFull(3, max_exact=100), SketchDistribution(3)
+    qs = np.linspace(0, 1, 101)
+    for i, (values, groups, weights) in enumerate(chunks):
+        w = None if i == 1 else weights  # a chunk of values counted once each
+        bounded.add(values, groups, w)
+        sketch.add(values, groups, w)
+        if i < 2:  # 80 pairs held: still exact
+            assert bounded.accuracy == "exact" and isinstance(bounded.inner, ExactDistribution)
+            held = [np.repeat(v, 1 if j == 1 else c) for j, (v, _, c) in enumerate(chunks[:i + 1])]
+            assert np.array_equal(bounded.quantiles(qs), np.quantile(np.concatenate(held), qs))
+    assert bounded.accuracy == sketch.accuracy and np.array_equal(bounded.inner.buckets, sketch.buckets)
+    for group in (None, 0, 2):
+        assert np.array_equal(bounded.quantiles(qs, group), sketch.quantiles(qs, group))
+        assert bounded.stats({"p99": 0.99}, group) == sketch.stats({"p99": 0.99}, group)

@@ -1,5 +1,6 @@
 """A distribution of many values (the time between tokens), per group and overall, built chunk by
-chunk: exact where the values fit in memory, else a log-bucket sketch with a stated accuracy.
+chunk: exact where the values fit in memory, else a log-bucket sketch with a stated accuracy
+(`ExactUntilFull` switches from one to the other when a run turns out too long).
 
 - `ExactDistribution` keeps every value (values added with weights as (value, count) pairs):
   quantiles are numpy's (linear interpolation) bit for bit, from the order statistics found by
@@ -103,6 +104,14 @@ class ExactDistribution(Distribution):
         mine = self._groups[0] == group
         return values[mine], None if weights is None else weights[mine]
 
+    def to_sketch(self) -> SketchDistribution:
+        """A sketch of the values held (the caller keeps count, total and maximum)."""
+        sketch = SketchDistribution(self.num_groups)
+        for i, (values, weights) in enumerate(zip(self._values, self._weights)):
+            groups = self._groups[i] if self._groups else np.zeros(len(values), dtype=np.int64)
+            sketch._add(values, groups, weights)
+        return sketch
+
     def values(self, group: int | None = None) -> np.ndarray:
         """Every value, once per time it was added."""
         values, weights = self._pairs(group)
@@ -194,6 +203,27 @@ class SketchDistribution(Distribution):
         return (low + high) / 2
 
 
-def distribution_for(num_values: int, max_exact: int, num_groups: int = 1) -> Distribution:
-    """Exact when `num_values` values fit under `max_exact`, else the sketch."""
-    return ExactDistribution(num_groups) if num_values <= max_exact else SketchDistribution(num_groups)
+class ExactUntilFull(Distribution):
+    """Exact while it holds at most `max_exact` values or (value, count) pairs; past that, all it
+    holds moves into a sketch, which takes every later value: memory stays bounded whatever the
+    run's length, and `accuracy` says which one answered."""
+
+    def __init__(self, num_groups: int = 1, max_exact: int = 50_000_000):
+        super().__init__(num_groups)
+        self.max_exact = max_exact
+        self.inner: ExactDistribution | SketchDistribution = ExactDistribution(num_groups)
+        self._held = 0
+
+    @property
+    def accuracy(self) -> str:
+        return self.inner.accuracy
+
+    def _add(self, values: np.ndarray, groups: np.ndarray, weights: np.ndarray | None) -> None:
+        if isinstance(self.inner, ExactDistribution):
+            self._held += len(values)
+            if self._held > self.max_exact:
+                self.inner = self.inner.to_sketch()
+        self.inner._add(values, groups, weights)
+
+    def quantiles(self, qs: np.ndarray, group: int | None = None) -> np.ndarray:
+        return self.inner.quantiles(qs, group)

@@ -36,13 +36,13 @@ import numpy as np
 
 from .artifact_metrics import ArtifactMetrics, BatchEvents, artifact_metrics
 from .batch import Batch, BatchShape
-from .distribution import Distribution, distribution_for
+from .distribution import Distribution, ExactUntilFull
 from .request import Request
 from .token_stream import CohortStream, TokenStream
 
 _request_id = operator.attrgetter("id")
 FOLD_BATCHES = 1 << 16    # fold the pending batch rows into numpy past this many
-EXACT_MAX_TBT_VALUES = 50_000_000  # exact TBT quantiles up to this many tokens (400 MB), else a sketch
+EXACT_MAX_TBT_VALUES = 50_000_000  # exact TBT quantiles while they take at most this many values or pairs
 SUMMARY_BATCH_COLUMNS = ("end", "num_emitted_tokens", "replica")  # what a run keeps without its batch table
 
 
@@ -82,8 +82,7 @@ class MetricsRecorder:
         self._later_tokens: list[np.ndarray] = []
         self.reference = compat == "reference"
         self.keep_batches = keep_batches or self.reference
-        expected_tokens = sum(r.decode_len for r in self.requests)
-        tbt = distribution_for(expected_tokens, EXACT_MAX_TBT_VALUES, num_groups)
+        tbt = ExactUntilFull(num_groups, EXACT_MAX_TBT_VALUES)
         # without token rows nothing needs one record per token: the cohort stream works per batch
         self.keep_tokens = keep_tokens or self.reference
         self._cohorts = not self.reference  # the artifact's metrics read every token's record
