@@ -40,6 +40,14 @@ STREAM_PASSES = {**{op: passes for op, (passes, _) in _STREAM_TRAFFIC.items()}, 
                  "layernorm": _STREAM_TRAFFIC["rmsnorm"][0]}
 SMALL = 64  # token counts below this are scored apart: launch- and bandwidth-bound, their own goal
 TOKEN_BINS = (1, 16, 64, 256, 1024, 4096, 1 << 20)  # held-out error against token count, per bin
+# Ops as wide as the hidden state whatever the TP, whose correction sees the TP degree as its k.
+# Their shape is the same at every TP, yet the public times differ by TP run (Llama-2-7B's input
+# norm on A100 at 2,240 tokens: 60/50/47/44 us at TP 1/2/4/8; the vocab-parallel embedding masks
+# its ids only when TP > 1), so from shape alone no law gets under 3.4% in-sample (A100 norm; 3.3%
+# embedding). With TP, leave-one-model-out error drops too (A100 norm 4.2 -> 2.7%, embedding
+# 4.2 -> 2.4%). The SiLU's width already shrinks with TP; TP as its k too raised its held-out
+# error below 64 tokens (H100 8.0 -> 9.9%), so it is not here.
+TP_AS_K = ("rmsnorm", "layernorm", "embedding")
 
 
 def group_of(op: str) -> str:
@@ -47,9 +55,9 @@ def group_of(op: str) -> str:
 
 
 def shape_features(op: str, tokens: Any, k_in: Any, k_out: Any, width: Any, dtype_bytes: int = 2,
-                   head_dim: Any = None) -> dict[str, Any]:
+                   head_dim: Any = None, tp: Any = None) -> dict[str, Any]:
     """What a law reads for `op`: tokens, its widths (n, k) and its FLOPs and bytes. RoPE needs
-    `head_dim` (its `width` is rotated heads x head_dim)."""
+    `head_dim` (its `width` is rotated heads x head_dim), the hidden-wide ops `tp` (`TP_AS_K`)."""
     tokens = np.asarray(tokens, dtype=float)
     if op in GEMM_GROUP:
         flops, nbytes = gemm_flops_bytes(tokens, np.asarray(k_in, float), np.asarray(k_out, float), dtype_bytes)
@@ -58,6 +66,10 @@ def shape_features(op: str, tokens: Any, k_in: Any, k_out: Any, width: Any, dtyp
     nbytes = STREAM_PASSES[op] * tokens * width * dtype_bytes
     if op == "rope":
         return {"tokens": tokens, **rope_terms(tokens, width, head_dim), "nbytes": nbytes}
+    if op in TP_AS_K:
+        if tp is None:
+            raise ValueError(f"{op}'s law needs the tensor-parallel degree")
+        return {"tokens": tokens, "n": width, "k": tp, "flops": np.zeros_like(tokens), "nbytes": nbytes}
     return {"tokens": tokens, "n": width, "k": 1, "flops": np.zeros_like(tokens), "nbytes": nbytes}
 
 
@@ -76,7 +88,8 @@ def rope_terms(tokens: np.ndarray, width: np.ndarray, head_dim: Any) -> dict[str
 
 
 def row_features(rows: Any) -> dict[str, np.ndarray]:
-    """`shape_features` of public rows (`read_public`: they carry `model`, whose head_dim RoPE needs)."""
+    """`shape_features` of public rows (`read_public`: they carry `model`, whose head_dim RoPE
+    needs, and `tp`)."""
     from .public_profiles import model_spec
 
     def head_dim(g: Any) -> Any:
@@ -86,7 +99,8 @@ def row_features(rows: Any) -> dict[str, np.ndarray]:
         return g["model"].map(dims).to_numpy(float)
 
     parts = [shape_features(op, g["tokens"], g["k_in"], g["k_out"], g["width"],
-                            head_dim=head_dim(g) if op == "rope" else None) for op, g in rows.groupby("op", sort=False)]
+                            head_dim=head_dim(g) if op == "rope" else None,
+                            tp=g["tp"].to_numpy(float) if "tp" in g else None) for op, g in rows.groupby("op", sort=False)]
     index = np.concatenate([g.index.to_numpy() for _, g in rows.groupby("op", sort=False)])
     order = np.argsort(index)
     return {k: np.concatenate([np.broadcast_to(np.asarray(p[k], float), p["tokens"].shape) for p in parts])[order]

@@ -108,13 +108,12 @@ class PublicFitCostModel(AnalyticalCostModel):
 
         def compute() -> np.ndarray:
             return law_seconds(law, shape_features(law_op, np.maximum(n, 1.0), k_in, k_out, width,
-                                                   self.model.dtype_bytes, self.model.head_dim))
+                                                   self.model.dtype_bytes, self.model.head_dim, self.tp))
 
         if len(n) < 1024 or n[0] != 0 or n[-1] != len(n) - 1:
             return compute()
         key = hashlib.sha256(json.dumps([self._laws_key, law_op, k_in, k_out, width, self.model.dtype_bytes,
-                                         self.model.head_dim,
-                                         len(n)]).encode()).hexdigest()[:24]
+                                         self.model.head_dim, self.tp, len(n)]).encode()).hexdigest()[:24]
         path = default_cache_dir().parent / "public_tables" / f"{key}.npy"
         if path.is_file():
             return np.load(path)

@@ -82,3 +82,28 @@ def test_committed_gemm_law_has_the_gemm_trees_and_the_others_the_default(gpu):
 
     assert shape("gemm") == (GEMM_BOOSTING["max_iter"], GEMM_BOOSTING["max_leaf_nodes"])
     assert shape("silu_mul") == (BOOSTING["max_iter"], BOOSTING["max_leaf_nodes"])
+
+
+def test_hidden_wide_ops_see_the_tp_degree_as_k():
+    tokens = np.array([1.0, 2048.0])
+    for op in ("rmsnorm", "embedding"):
+        f = shape_features(op, tokens, 0, 0, 4096, tp=4)
+        assert (f["n"], f["k"]) == (4096, 4)
+        with pytest.raises(ValueError, match="tensor-parallel"):
+            shape_features(op, tokens, 0, 0, 4096)
+    assert shape_features("silu_mul", tokens, 0, 0, 11008 // 4)["k"] == 1  # its width carries TP already
+
+
+def test_committed_a100_norm_prices_the_tp_runs_apart():
+    # Measured: the same norm at 2K tokens is ~35% slower in the TP-1 runs than in the TP-8 ones.
+    law = ShapeLaw.from_json(json.loads(calibration_path("a100").read_text())["laws"]["rmsnorm"])
+    tp1, tp8 = (law_seconds(law, shape_features("rmsnorm", np.array([2048.0]), 0, 0, 4096, tp=tp))[0] for tp in (1, 8))
+    assert tp1 > 1.05 * tp8
+
+
+def test_public_cost_model_prices_the_norm_at_its_own_tp():
+    llama = ModelSpec.from_config(conf("model", "llama_2_7b"))
+    a100 = HardwareSpec.from_config(conf("hardware", "a100_80gb_pcie_nvlink"))
+    shape = {k: np.array([v]) for k, v in vars(BatchShape(0, 2048, 0, 2048 * 1024, 0, 0)).items()}
+    norm = {tp: build_cost_model(llama, a100, tp, name="public").breakdown(shape)["rmsnorm"][0] for tp in (1, 4)}
+    assert norm[1] > 1.05 * norm[4]
