@@ -102,7 +102,7 @@ def profile(config: dict[str, Any], log=print, argv: Sequence[str] = ()) -> Path
         "label": (f"measured on {device_name}" if on_gpu else
                   "CPU profile: CPU times of a pipeline test, not a GPU measurement"),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python -m profiler " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m profiler", *sys.argv[1:]]),
         "git_commit": commit,
         "git_dirty": None if status is None else bool(status),
         "python": platform.python_version(),

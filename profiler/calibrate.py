@@ -201,7 +201,7 @@ def calibrate_gpu(gpu: str, data_dir: Path, log=print) -> dict[str, Any]:
     return {
         "gpu": gpu, "name": info.name, "num_sms": info.num_sms, "source": SOURCE, "dtype": "fp16",
         "created": datetime.date.today().isoformat(),
-        "command": "python -m profiler.calibrate " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m profiler.calibrate", *sys.argv[1:]]),
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "scikit-learn": sklearn.__version__},
         "models": sorted(table["model"].unique()), "tp": sorted(int(t) for t in table["tp"].unique()),
         "rows": int(len(table)), "groups": {op: group_of(op) for op in table["op"].unique()},
