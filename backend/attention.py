@@ -287,6 +287,11 @@ _MIN_KEYS_PER_SPLIT = 256
 _MAX_SPLITS = 16
 
 
+# Multiply-adds compile to fused FMAs, as Triton has always done by default; said explicitly since
+# Triton 3.9 warns that its default will change.
+FUSED_FP = {"enable_fp_fusion": True}
+
+
 def kernel_config(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
                   max_query_len: int) -> dict:
     """Compile-time parameters and launch options of `_paged_attention_kernel` for a batch."""
@@ -301,7 +306,7 @@ def kernel_config(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size
     large_tile = block_q * group_pad >= _PREFILL_ROWS
     return dict(NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad, BLOCK_Q=block_q,
                 BLOCK_N=_BLOCK_N, HEAD_DIM=head_dim, KV_BLOCK_SIZE=block_size,
-                num_warps=8 if large_tile else 4, num_stages=2 if large_tile else 3)
+                num_warps=8 if large_tile else 4, num_stages=2 if large_tile else 3, **FUSED_FP)
 
 
 def block_q_values(num_q_heads: int, num_kv_heads: int) -> list[int]:
@@ -383,7 +388,7 @@ def triton_paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         _combine_splits_kernel[(num_tokens, num_q_heads)](
             part_acc, part_m, part_l, out, num_tokens, num_splits, out.stride(0), out.stride(1),
             NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim,
-            SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4)
+            SPLITS_PAD=triton.next_power_of_2(num_splits), num_warps=4, **FUSED_FP)
     return out
 
 

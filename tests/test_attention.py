@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the backend needs torch (pip install -e .[cpu])")
 pytest.importorskip("triton", reason="the backend needs triton (pip install -e .[cpu])")
 
-from backend.attention import (KERNELS_INTERPRETED, AttentionMetadata,  # noqa: E402
+from backend.attention import (FUSED_FP, KERNELS_INTERPRETED, AttentionMetadata,  # noqa: E402
                                _combine_splits_kernel, _paged_attention_kernel, kernel_config,
                                paged_attention, reference_attention, triton_paged_attention,
                                write_kv)
@@ -224,7 +224,7 @@ def test_kernels_compile_for_hopper(max_query_len):
     """Compiling for an H100 on the CPU catches what the interpreter cannot: type errors in
     control flow, unsupported layouts, and tiles that overflow shared memory."""
     config = kernel_config(28, 4, 128, BLOCK_SIZE, max_query_len)
-    options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
+    options = {key: config.pop(key) for key in ("num_warps", "num_stages", "enable_fp_fusion")}
     pointer_types = {"q_ptr": "*bf16", "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16",
                      "out_ptr": "*bf16", "part_acc_ptr": "*fp32", "part_m_ptr": "*fp32",
                      "part_l_ptr": "*fp32", "query_start_ptr": "*i32",
@@ -235,7 +235,7 @@ def test_kernels_compile_for_hopper(max_query_len):
                                       dict(config, WRITE_PARTIALS=write_partials), **options)
         assert compiled.metadata.shared <= max_shared
     compiled = compile_for_hopper(_combine_splits_kernel, pointer_types,
-                                  dict(NUM_Q_HEADS=28, HEAD_DIM=128, SPLITS_PAD=8), num_warps=4)
+                                  dict(NUM_Q_HEADS=28, HEAD_DIM=128, SPLITS_PAD=8), num_warps=4, **FUSED_FP)
     assert compiled.metadata.shared <= max_shared
 
 
