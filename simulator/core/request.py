@@ -26,7 +26,9 @@ class Request:
     # __slots__ because the hot loops of the schedulers touch these fields once per token.
     __slots__ = (
         "id", "arrival", "prompt_len", "decode_len", "state",
-        "generated",      # output tokens produced so far, over all lives
+        "_generated",     # output tokens produced so far, over all lives (while in a cohort: at `_since`)
+        "_cohort",        # the decode cohort counting its tokens (a `DecodeSet`), or None
+        "_since",         # the cohort's decode-pass count when `_generated` was last settled
         "prefill_len",    # tokens this life must prefill: prompt + tokens generated before a preemption
         "prefilled",      # tokens of `prefill_len` whose KV has been computed in this life
         "blocks",         # KV block ids held now (the block table)
@@ -44,13 +46,42 @@ class Request:
         self.prompt_len = prompt_len
         self.decode_len = decode_len
         self.state = State.WAITING
-        self.generated = 0
+        self._generated = 0
+        self._cohort = None
+        self._since = 0
         self.prefill_len = prompt_len
         self.prefilled = 0
         self.blocks: list[int] = []
         self.num_preemptions = 0
         self.finish_at = decode_len
         self.fcfs_key = (arrival, 0)
+
+    # ---- output tokens ------------------------------------------------------------------------
+    # A decoding request gains one token every decode pass of its scheduler, so while it decodes
+    # its count is read off the cohort's pass counter instead of being written once per token.
+    @property
+    def generated(self) -> int:
+        """Output tokens produced so far, over all lives."""
+        cohort = self._cohort
+        return self._generated if cohort is None else self._generated + cohort.tokens_counted - self._since
+
+    @generated.setter
+    def generated(self, value: int) -> None:
+        self._generated = value
+        if self._cohort is not None:
+            self._since = self._cohort.tokens_counted
+
+    def join_cohort(self, cohort) -> None:
+        """From now on `cohort` (anything with a `tokens_counted` pass counter) counts its tokens."""
+        if self._cohort is cohort:
+            return
+        self._generated = self.generated
+        self._cohort = cohort
+        self._since = cohort.tokens_counted
+
+    def leave_cohort(self) -> None:
+        self._generated = self.generated
+        self._cohort = None
 
     @property
     def total_len(self) -> int:
@@ -85,6 +116,7 @@ class Request:
         """Drop the KV cache (preemption); returns the blocks to free. The request keeps its
         progress until `reset_for_recompute`."""
         assert self.state in (State.PREFILLING, State.DECODING) and self.blocks, self
+        self.leave_cohort()  # it decodes no more
         blocks, self.blocks = self.blocks, []
         return blocks
 

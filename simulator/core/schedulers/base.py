@@ -265,9 +265,9 @@ class Scheduler:
         decodes = batch.decodes
         emitted = decodes.copy()
         decode_set = self._decode_set
-        for req in decodes:  # the one loop per token: who finishes, the decode set knows
-            req.generated += 1
         # (a batch without a decode pass finds the previous pass's list, already taken: empty)
+        if decodes:  # each decoding request made a token: its count reads the cohort's counter
+            decode_set.tokens_counted += 1
         finished = decode_set.finishing() if decodes else []
         num_finished_decodes = len(finished)
         decode_set.kv_tokens += len(decodes)
@@ -284,6 +284,7 @@ class Scheduler:
         if finished:
             for req in finished:
                 req.state = _FINISHED
+                req.leave_cohort()
                 self.blocks.free(req.blocks)
                 req.blocks = []
                 self.running.remove(req)

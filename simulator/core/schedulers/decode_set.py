@@ -40,6 +40,9 @@ class DecodeSet:
         self.ids: list[int] = []
         self.kv_tokens = 0  # sum over `decoding` of prompt_len + generated (the context at the pass)
         self.passes = 0     # decode passes so far, i.e. the index of the coming one
+        # passes whose tokens are counted (at their batch's end): every request in `decoding`
+        # reads its output count off this (`Request.join_cohort`), none is written per token
+        self.tokens_counted = 0
         self._due: dict[int, list[Request]] = {}  # pass index -> requests that need a block in it
         self._finishing: dict[int, list[Request]] = {}  # pass index -> requests whose last token it makes
 
@@ -77,6 +80,7 @@ class DecodeSet:
         coming pass on, unless the prompt's own token was its last."""
         self.prefilling.remove(req)
         if req.generated < req.finish_at:
+            req.join_cohort(self)
             at = bisect.bisect_right(self.decoding, req.fcfs_key, key=fcfs)
             self.decoding.insert(at, req)
             self.ids = self.ids.copy()
@@ -129,6 +133,8 @@ class DecodeSet:
         in which every prompt-complete request has just decoded."""
         self.passes += 1
         self.decoding = [r for r in running if r.state == _DECODING]
+        for req in self.decoding:  # joined when their prompt completed; joining again is a no-op
+            req.join_cohort(self)
         self.ids = [r.id for r in self.decoding]
         self.prefilling = [r for r in running if r.state == _PREFILLING]
         self.kv_tokens = 0
