@@ -18,6 +18,7 @@ Files in a run directory:
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +127,13 @@ def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any],
     `out_dir` only once all are written, summary.json last (simulator/run_dir.py). `chrome_trace`
     adds chrome_trace.json (a span per batch, a track per replica); `batches=False` leaves out
     batches.parquet (the recorder then kept only the summary's columns)."""
-    with staged_dir(out_dir) as out:
+    with staged_dir(out_dir) as out, ThreadPoolExecutor(max_workers=1) as writer:
+        # The token table, the largest file by far, is encoded by pyarrow outside the GIL: written
+        # beside the other files, not before them. Leaving the `with` waits for it, so the staged
+        # directory is never moved, or removed after a failure, while it is being written.
+        tokens = (writer.submit(write_parquet, out / "tokens.parquet", tables.tokens)
+                  if tables.tokens is not None else None)
         write_csv(out / "requests.csv", tables.requests)
-        if tables.tokens is not None:
-            write_parquet(out / "tokens.parquet", tables.tokens)
         if batches:
             write_parquet(out / "batches.parquet", tables.batches)
             if chrome_trace:
@@ -139,6 +143,8 @@ def write_run(out_dir: str | Path, tables: RunTables, meta: dict[str, Any],
                 write_chrome_trace(pd.DataFrame(tables.batches), out / "chrome_trace.json")
         _write_reference_files(out, tables, meta)
         summary = summarize(tables, meta)
+        if tokens is not None:
+            tokens.result()  # its error, if any, is this run's
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

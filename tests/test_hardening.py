@@ -136,6 +136,34 @@ def test_an_interrupted_write_leaves_nothing_that_looks_finished(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_failed_token_table_write_fails_the_run_and_leaves_nothing(tmp_path, monkeypatch):
+    # tokens.parquet is written on a thread beside the other files: its error must still be the
+    # run's, and the run directory must not appear
+    from simulator import outputs
+    from simulator.core.metrics import MetricsRecorder
+    from simulator.core.request import Request
+    from simulator.core.schedulers import SchedulerConfig, make_scheduler
+    from simulator.engine import simulate
+
+    requests = [Request(i, 0.1 * i, 20, 5) for i in range(8)]
+    scheduler = make_scheduler("sarathi", SchedulerConfig(max_num_seqs=4, max_model_len=64, block_size=4,
+                                                          chunk_size=16), 64)
+    tables = simulate(requests, scheduler, lambda batch: 0.01).finalize()
+    assert isinstance(tables, type(MetricsRecorder(requests[:1]).finalize())) and tables.tokens is not None
+    write_parquet = outputs.write_parquet
+
+    def failing(path, columns):
+        if Path(path).name == "tokens.parquet":
+            time.sleep(0.2)  # still writing when the other files are done
+            raise OSError(28, "No space left on device")
+        write_parquet(path, columns)
+
+    monkeypatch.setattr(outputs, "write_parquet", failing)
+    with pytest.raises(OSError, match="No space left"):
+        outputs.write_run(tmp_path / "run", tables, {"mode": "sim"})
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------------------------
 # Real processes: Ctrl-C and Ray
 
