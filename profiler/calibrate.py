@@ -9,7 +9,9 @@ the four linear layers share one GEMM law (a GEMM is a GEMM: M, N and K tell the
 bandwidth-bound op (norm, activation, RoPE, embedding) has its own. Each law is scored by
 leave-one-model-out: fitted on all models but one, it predicts the one left out, which is how it
 will price a model nobody measured (Yi-34B). The group keeps the learned correction
-(`profiler/cross_model.py`) only if that held-out error is lower with it. The final law is fitted
+(`profiler/cross_model.py`) only if that held-out error is lower with it; a group measured on one
+model only chooses its correction's minimum leaf size, and whether to keep it, by cross-validation
+over its token counts instead (`TOKEN_FOLDS`, `LEAF_GRID`). The final law is fitted
 to every model and written, with its provenance and errors, to `profiler/calibration/`, so runs
 without `../shared` give the same numbers. `python -m profiler.accuracy source=public` prints
 the same scores from those files.
@@ -48,6 +50,16 @@ TOKEN_BINS = (1, 16, 64, 256, 1024, 4096, 1 << 20)  # held-out error against tok
 # 4.2 -> 2.4%). The SiLU's width already shrinks with TP; TP as its k too raised its held-out
 # error below 64 tokens (H100 8.0 -> 9.9%), so it is not here.
 TP_AS_K = ("rmsnorm", "layernorm", "embedding")
+# A group measured on one model only (Phi-2's GELU and LayerNorm) cannot be held out by model, so
+# its correction's minimum leaf size is chosen by cross-validation over its token counts: the rows
+# sorted by tokens and dealt round-robin into TOKEN_FOLDS folds (each fold spans 1-4,096 tokens and
+# its points lie between training points, as the token counts the simulator prices lie between
+# the measured ones), each leaf size in LEAF_GRID, and the roofline alone, scored out of fold; the
+# lowest error wins (a tie goes to the larger leaves). On A40's GELU, whose roofline misses the
+# 1-16-token points by up to 28x (a flat ~2 us there), leaves of 20 cannot single those points out
+# (out-of-fold 10.0%, in-sample 6.6%); leaves of 10 can (6.7%, 3.8%).
+TOKEN_FOLDS = 5
+LEAF_GRID = (5, 10, 20, 40)
 
 
 def group_of(op: str) -> str:
@@ -130,6 +142,33 @@ class GroupFit:
     held_out: np.ndarray | None  # per row: out-of-model prediction (seconds); None: one model only
     in_sample: np.ndarray        # per row: the final law's prediction
     held_out_mape: dict[str, float | None]  # "roofline" and "roofline+correction", all tokens
+    token_cv: dict[str, Any] | None = None  # one model only: the leaf size chosen over token folds
+
+
+def token_folds(tokens: np.ndarray, folds: int = TOKEN_FOLDS) -> list[np.ndarray]:
+    """Row indices of each fold: the rows sorted by token count, dealt round-robin."""
+    order = np.argsort(np.asarray(tokens), kind="stable")
+    return [order[i::folds] for i in range(folds)]
+
+
+def choose_leaf_size(f: dict[str, np.ndarray], seconds: np.ndarray, tokens: np.ndarray, num_sms: int,
+                     boosting: dict[str, Any]) -> dict[str, Any]:
+    """Out-of-fold MAPE over `token_folds` of the roofline alone and of the corrected law at each
+    `LEAF_GRID` minimum leaf size; the lowest wins (ties: the larger leaves)."""
+    folds = token_folds(tokens)
+
+    def out_of_fold(correct: bool, settings: dict[str, Any]) -> float:
+        pred = np.zeros(len(seconds))
+        for test in folds:
+            train = np.setdiff1d(np.arange(len(seconds)), test)
+            pred[test] = law_seconds(_fit(f, seconds, train, num_sms, correct, settings), {k: v[test] for k, v in f.items()})
+        return float(np.mean(np.abs(pred / seconds - 1)))
+
+    by_leaf = {leaf: out_of_fold(True, {**boosting, "min_samples_leaf": leaf}) for leaf in LEAF_GRID}
+    best = min(LEAF_GRID, key=lambda leaf: (by_leaf[leaf], -leaf))
+    roofline = out_of_fold(False, boosting)
+    return {"folds": len(folds), "roofline": roofline, "min_samples_leaf": {str(k): v for k, v in by_leaf.items()},
+            "chosen_min_samples_leaf": best, "correction": by_leaf[best] < roofline}
 
 
 def fit_group(group: str, rows: Any, num_sms: int, log=print) -> GroupFit:
@@ -138,7 +177,7 @@ def fit_group(group: str, rows: Any, num_sms: int, log=print) -> GroupFit:
     models = rows["model"].to_numpy()
     names = sorted(set(models))
     boosting = GEMM_BOOSTING if group == "gemm" else BOOSTING
-    held = {}
+    held, token_cv = {}, None
     if len(names) > 1:
         for correct in (False, True):
             pred = np.zeros(len(seconds))
@@ -149,14 +188,23 @@ def fit_group(group: str, rows: Any, num_sms: int, log=print) -> GroupFit:
             held[correct] = pred
         mape = {c: float(np.mean(np.abs(p / seconds - 1))) for c, p in held.items()}
         corrected = mape[True] < mape[False]
-    else:  # one model: nothing to hold out; keep the correction, say that it is in-sample only
-        mape, corrected = {}, True
+    else:  # one model: nothing to hold out by model; the leaf size and the correction by token folds
+        mape = {}
+        token_cv = choose_leaf_size(f, seconds, rows["tokens"].to_numpy(), num_sms, boosting)
+        corrected = token_cv["correction"]
+        boosting = {**boosting, "min_samples_leaf": token_cv["chosen_min_samples_leaf"]}
     law = _fit(f, seconds, np.arange(len(seconds)), num_sms, corrected, boosting)
-    log(f"  {group:<12} {len(seconds):>6} rows, {len(names)} models: "
-        + (f"held-out MAPE roofline {mape[False]:.2%}, +correction {mape[True]:.2%} -> "
-           f"{'kept' if corrected else 'dropped'}" if mape else "one model (in-sample only)"))
+    if mape:
+        how = (f"held-out MAPE roofline {mape[False]:.2%}, +correction {mape[True]:.2%} -> "
+               f"{'kept' if corrected else 'dropped'}")
+    else:
+        leaves = ", ".join(f"{k} {v:.2%}" for k, v in token_cv["min_samples_leaf"].items())
+        how = (f"one model; {token_cv['folds']}-fold token CV MAPE roofline {token_cv['roofline']:.2%}, "
+               f"+correction by min leaf {leaves} -> "
+               + (f"leaf {token_cv['chosen_min_samples_leaf']}" if corrected else "dropped"))
+    log(f"  {group:<12} {len(seconds):>6} rows, {len(names)} models: {how}")
     return GroupFit(group, law, corrected, held.get(corrected), law_seconds(law, f),
-                    {"roofline": mape.get(False), "roofline+correction": mape.get(True)})
+                    {"roofline": mape.get(False), "roofline+correction": mape.get(True)}, token_cv)
 
 
 def op_scores(rows: Any, fit: GroupFit) -> list[dict[str, Any]]:
@@ -197,6 +245,8 @@ def calibrate_gpu(gpu: str, data_dir: Path, log=print) -> dict[str, Any]:
         fit = fit_group(group, rows, info.num_sms, log)
         laws[group] = fit.law.to_json()
         selection[group] = {"correction": fit.corrected, "held_out_mape": fit.held_out_mape}
+        if fit.token_cv is not None:
+            selection[group]["token_cv"] = fit.token_cv
         scores += op_scores(rows, fit)
     return {
         "gpu": gpu, "name": info.name, "num_sms": info.num_sms, "source": SOURCE, "dtype": "fp16",

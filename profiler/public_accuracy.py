@@ -34,6 +34,11 @@ def _verdict(ok: bool | None) -> str:
     return "" if ok is None else ("met" if ok else "MISSED")
 
 
+def _chosen_cv(cv: dict[str, Any]) -> float:
+    """The token-fold CV error of what a one-model group kept (`profiler.calibrate.choose_leaf_size`)."""
+    return cv["min_samples_leaf"][str(cv["chosen_min_samples_leaf"])] if cv["correction"] else cv["roofline"]
+
+
 def gpu_table(c: dict[str, Any]) -> str:
     lines = [f"{c['name']} ({c['gpu']}): {c['rows']} rows, models {', '.join(c['models'])}, TP {c['tp']}; "
              f"fitted {c['created']} by `{c['command']}`",
@@ -42,7 +47,9 @@ def gpu_table(c: dict[str, Any]) -> str:
         linear = s["op"] in GEMM_GROUP
         small, large, ins = s["held_out_mape_small"], s["held_out_mape_large"], s["in_sample_mape"]
         if large is None:
-            goal = f"in-sample only (one model); in-sample {_verdict(ins <= GOALS['in_sample'])}"
+            cv = c["selection"].get(s["group"], {}).get("token_cv")
+            cv_text = f"token-fold CV {_chosen_cv(cv):.1%}; " if cv else ""
+            goal = f"one model, no held-out model; {cv_text}in-sample {_verdict(ins <= GOALS['in_sample'])}"
         elif linear:
             goal = (f"<=8% {_verdict(small <= GOALS['linear_small'])}, <=5% {_verdict(large <= GOALS['linear_large'])}"
                     f", in-sample {_verdict(ins <= GOALS['in_sample'])}")
@@ -55,6 +62,12 @@ def gpu_table(c: dict[str, Any]) -> str:
         if held["roofline"] is not None:
             lines.append(f"  law {group:<10} held-out MAPE: roofline alone {held['roofline']:.1%}, with the learned "
                          f"correction {held['roofline+correction']:.1%} -> correction {'kept' if sel['correction'] else 'dropped'}")
+        elif sel.get("token_cv"):
+            cv = sel["token_cv"]
+            leaves = ", ".join(f"{leaf} {v:.1%}" for leaf, v in cv["min_samples_leaf"].items())
+            lines.append(f"  law {group:<10} one model, {cv['folds']}-fold CV over token counts, MAPE: roofline alone "
+                         f"{cv['roofline']:.1%}, with the correction by min leaf size {leaves} -> "
+                         + (f"leaf {cv['chosen_min_samples_leaf']}" if sel["correction"] else "correction dropped"))
     return "\n".join(lines)
 
 

@@ -107,3 +107,26 @@ def test_public_cost_model_prices_the_norm_at_its_own_tp():
     shape = {k: np.array([v]) for k, v in vars(BatchShape(0, 2048, 0, 2048 * 1024, 0, 0)).items()}
     norm = {tp: build_cost_model(llama, a100, tp, name="public").breakdown(shape)["rmsnorm"][0] for tp in (1, 4)}
     assert norm[1] > 1.05 * norm[4]
+
+
+def test_token_folds_deal_sorted_rows_round_robin():
+    from profiler.calibrate import token_folds
+
+    tokens = np.array([64, 1, 8, 2, 4, 16, 32])
+    folds = token_folds(tokens, 3)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(tokens)))
+    assert [sorted(tokens[f].tolist()) for f in folds] == [[1, 8, 64], [2, 16], [4, 32]]
+
+
+@pytest.mark.parametrize("gpu", ["a100", "h100", "a40"])
+def test_one_model_groups_record_their_leaf_size_chosen_by_token_folds(gpu):
+    from profiler.calibrate import LEAF_GRID
+
+    selection = json.loads(calibration_path(gpu).read_text())["selection"]
+    for group in ("gelu", "layernorm"):
+        cv = selection[group]["token_cv"]
+        errors = {int(k): v for k, v in cv["min_samples_leaf"].items()}
+        assert set(errors) == set(LEAF_GRID) and cv["chosen_min_samples_leaf"] in LEAF_GRID
+        assert errors[cv["chosen_min_samples_leaf"]] == min(errors.values())
+        assert selection[group]["correction"] == (min(errors.values()) < cv["roofline"])
+    assert all("token_cv" not in selection[g] for g in ("gemm", "rmsnorm", "rope", "silu_mul", "embedding"))
