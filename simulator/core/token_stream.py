@@ -246,7 +246,7 @@ class CohortStream:
         # row start[e] + k (k >= 1) is the run's k-th decode batch: all ends concatenated, index
         # base[replica] + first + k - 1; row start[e] itself is the emission, set after
         source = np.repeat(base[replicas] + first - 1 - start, length) + np.arange(total)
-        times = np.concatenate(ends + [np.zeros(1)])[source]  # (a run-less replica's -1 lands on the pad)
+        times = np.concatenate(ends + [np.zeros(1)])[source]  # (an emission row may index -1: the pad)
         times[start] = np.array(self._ep_time)[order]
         offset = np.cumsum(count) - count                 # each request's first row
         tbt = np.empty(total)
