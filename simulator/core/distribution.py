@@ -208,7 +208,7 @@ class ExactUntilFull(Distribution):
     holds moves into a sketch, which takes every later value: memory stays bounded whatever the
     run's length, and `accuracy` says which one answered."""
 
-    def __init__(self, num_groups: int = 1, max_exact: int = 50_000_000):
+    def __init__(self, num_groups: int, max_exact: int):
         super().__init__(num_groups)
         self.max_exact = max_exact
         self.inner: ExactDistribution | SketchDistribution = ExactDistribution(num_groups)
