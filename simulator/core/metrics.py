@@ -83,11 +83,11 @@ class MetricsRecorder:
         self.reference = compat == "reference"
         self.keep_batches = keep_batches or self.reference
         tbt = ExactUntilFull(num_groups, EXACT_MAX_TBT_VALUES)
-        # without token rows nothing needs one record per token: the cohort stream works per batch
         self.keep_tokens = keep_tokens or self.reference
-        self._cohorts = not self.reference  # the artifact's metrics read every token's record
+        # the cohort stream works per batch; the artifact's metrics read every token's record
+        self._cohorts = not self.reference
         self.tokens: TokenStream | CohortStream = (
-            CohortStream(n, tbt, num_groups, keep_rows=keep_tokens) if self._cohorts else TokenStream(n, tbt))
+            CohortStream(n, tbt, num_groups) if self._cohorts else TokenStream(n, tbt))
         self._later_pending: list[int] = []  # cohort stream: per batch, its later tokens
         self.ignored = np.zeros(n, dtype=bool)
         self.tokens_before_preemption = np.zeros(n, dtype=np.int64)  # at its last preemption

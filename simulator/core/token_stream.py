@@ -60,18 +60,15 @@ class TokenStream:
     def rows(self) -> dict[str, np.ndarray]:
         """The token table: one row per token, by request, then time (call once: the chunks are
         dropped as they are placed)."""
-        total = int(self.count.sum())
-        # request r's tokens 1..count[r] take rows offset[r] .. offset[r] + count[r] - 1
-        offset = np.cumsum(self.count) - self.count
-        request_id = np.repeat(np.arange(len(self.count), dtype=np.int64), self.count)
-        token_index = np.arange(1, total + 1, dtype=np.int64) - np.repeat(offset, self.count)
-        times, tbt = np.empty(total), np.empty(total)
+        offset, request_id, token_index = row_layout(self.count)
+        times, tbt = np.empty(len(request_id)), np.empty(len(request_id))
         while self._rows:  # a scatter per chunk, not a sort: every row is written exactly once
             ids, index, chunk_times, chunk_tbt = self._rows.pop(0)
             position = offset[ids] + index - 1
             times[position] = chunk_times
             tbt[position] = chunk_tbt
         return {"request_id": request_id, "token_index": token_index, "time": times, "tbt": tbt}
+
 
 class CohortStream:
     """What `TokenStream` gives, from per-batch and per-request events only.
@@ -93,9 +90,8 @@ class CohortStream:
     as decoding on that replica, so the token counts (conservation) stay evidence of their own.
     """
 
-    def __init__(self, num_requests: int, tbt: Distribution, num_groups: int = 1, keep_rows: bool = False):
+    def __init__(self, num_requests: int, tbt: Distribution, num_groups: int = 1):
         self.tbt = tbt
-        self.keep_rows = keep_rows
         self.num_requests = num_requests
         self.count = np.zeros(num_requests, dtype=np.int64)
         self.first_token = np.full(num_requests, np.nan)
@@ -238,23 +234,29 @@ class CohortStream:
         replicas = np.array(self._ep_replica, dtype=np.int64)[order]
         first = np.array(self._ep_first, dtype=np.int64)[order]
         length = np.array(self._ep_last, dtype=np.int64)[order] - first + 2  # emission + decodes
-        total = int(length.sum())
         count = np.bincount(requests[order], weights=length, minlength=self.num_requests).astype(np.int64)
+        offset, request_id, token_index = row_layout(count)
         start = np.cumsum(length) - length                # each episode's first row
         ends = [np.array(e) for e in self._ends]
         base = np.cumsum([0] + [len(e) for e in ends[:-1]])
         # row start[e] + k (k >= 1) is the run's k-th decode batch: all ends concatenated, index
         # base[replica] + first + k - 1; row start[e] itself is the emission, set after
-        source = np.repeat(base[replicas] + first - 1 - start, length) + np.arange(total)
+        source = np.repeat(base[replicas] + first - 1 - start, length) + np.arange(len(request_id))
         times = np.concatenate(ends + [np.zeros(1)])[source]  # (an emission row may index -1: the pad)
         times[start] = np.array(self._ep_time)[order]
-        offset = np.cumsum(count) - count                 # each request's first row
-        tbt = np.empty(total)
+        tbt = np.empty(len(times))
         tbt[1:] = times[1:] - times[:-1]
         tbt[offset[count > 0]] = np.nan                    # a first token has no TBT
-        return {"request_id": np.repeat(np.arange(self.num_requests, dtype=np.int64), count),
-                "token_index": np.arange(1, total + 1, dtype=np.int64) - np.repeat(offset, count),
-                "time": times, "tbt": tbt}
+        return {"request_id": request_id, "token_index": token_index, "time": times, "tbt": tbt}
+
+
+def row_layout(count: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The token table's rows by request, then token: request r's tokens 1..count[r] take rows
+    offset[r] .. offset[r] + count[r] - 1. Returns (offset, request_id, token_index) of the rows."""
+    offset = np.cumsum(count) - count
+    request_id = np.repeat(np.arange(len(count), dtype=np.int64), count)
+    token_index = np.arange(1, len(request_id) + 1, dtype=np.int64) - np.repeat(offset, count)
+    return offset, request_id, token_index
 
 
 def range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
