@@ -26,18 +26,26 @@ def one_run(num_requests: int, out_dir: Path) -> tuple[float, float]:
     """(wall s, CPU s) of one whole `python -m simulator` process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "simulator", "workload=arxiv_trace",
-                    f"workload.num_requests={num_requests}", f"hydra.run.dir={out_dir}"],
-                   cwd=REPO, check=True, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "simulator", "workload=arxiv_trace",
+                          f"workload.num_requests={num_requests}", f"hydra.run.dir={out_dir}"],
+                         cwd=REPO, capture_output=True, text=True)
+    if run.returncode:  # the simulator's own one-line error
+        sys.exit(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}")
     wall = time.perf_counter() - wall
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--runs", type=positive, default=7)
+    parser.add_argument("--requests", type=positive, default=10_000)
     args = parser.parse_args()
     walls, cpus = [], []
     with tempfile.TemporaryDirectory() as tmp:
