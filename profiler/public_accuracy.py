@@ -39,13 +39,20 @@ def _chosen_cv(cv: dict[str, Any]) -> float:
     return cv["min_samples_leaf"][str(cv["chosen_min_samples_leaf"])] if cv["correction"] else cv["roofline"]
 
 
+YARDSTICK_NOTE = ("best other: the held-out curve's most similar curve of another model, rescaled per token range "
+                  "with the held-out curve's own times (profiler.calibrate.best_other_model_error); a goal below "
+                  "it asks more than the public measurements hold")
+
+
 def gpu_table(c: dict[str, Any]) -> str:
     lines = [f"{c['name']} ({c['gpu']}): {c['rows']} rows, models {', '.join(c['models'])}, TP {c['tp']}; "
              f"fitted {c['created']} by `{c['command']}`",
-             f"  {'op':<13}{'points':>7}{'held-out <64':>14}{'>=64':>8}{'in-sample':>11}  goals (held-out; in-sample <= 3%)"]
+             f"  {'op':<13}{'points':>7}{'held-out <64':>14}{'>=64':>8}{'in-sample':>11}{'best other <64':>16}{'>=64':>8}"
+             "  goals (held-out; in-sample <= 3%)"]
     for s in c["scores"]:
         linear = s["op"] in GEMM_GROUP
         small, large, ins = s["held_out_mape_small"], s["held_out_mape_large"], s["in_sample_mape"]
+        other = (s.get("best_other_model_mape_small"), s.get("best_other_model_mape_large"))
         if large is None:
             cv = c["selection"].get(s["group"], {}).get("token_cv")
             cv_text = f"token-fold CV {_chosen_cv(cv):.1%}; " if cv else ""
@@ -56,7 +63,8 @@ def gpu_table(c: dict[str, Any]) -> str:
         else:
             held = np.mean([v for v in (small, large) if v is not None])
             goal = f"<=10% {_verdict(held <= GOALS['elementwise'])}, in-sample {_verdict(ins <= GOALS['in_sample'])}"
-        lines.append(f"  {s['op']:<13}{s['points']:>7}{_pct(small):>14}{_pct(large):>8}{_pct(ins):>11}  {goal}")
+        lines.append(f"  {s['op']:<13}{s['points']:>7}{_pct(small):>14}{_pct(large):>8}{_pct(ins):>11}"
+                     f"{_pct(other[0]):>16}{_pct(other[1]):>8}  {goal}")
     for group, sel in c["selection"].items():
         held = sel["held_out_mape"]
         if held["roofline"] is not None:
@@ -99,7 +107,7 @@ def load(directory: Path, gpus: list[str]) -> tuple[list[dict[str, Any]], dict[s
 
 def report_text(directory: Path, gpus: list[str]) -> str:
     calibrations, transfer, engine = load(directory, gpus)
-    parts = [gpu_table(c) for c in calibrations]
+    parts = [gpu_table(c) for c in calibrations] + [YARDSTICK_NOTE]
     parts.append(transfer_table(transfer) if transfer else "transfer: not measured (`python -m profiler.calibrate transfer`)")
     parts.append(engine_fit_text(engine) if engine else "engine term: not fitted (`python -m profiler.engine_fit`)")
     return "\n\n".join(parts)

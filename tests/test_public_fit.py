@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from profiler.calibrate import CALIBRATION_DIR, calibration_path
+from profiler.calibrate import CALIBRATION_DIR, best_other_model_error, calibration_path
 from profiler.cost_model import build_cost_model, cost_model_for, resolve_cost_model_name
 from profiler.cross_model import ShapeLaw, fit_shape_law
 from profiler.engine_fit import Iterations, fit_engine, read_iterations
@@ -256,3 +256,16 @@ def test_committed_engine_fit_loads():
     assert engine.request_seconds(np.array([128.0]))[0] > engine.request_seconds(np.array([1.0]))[0]
     assert fit["form"].startswith("decode_steps") and fit["loo_mape"][fit["form"]] == min(fit["loo_mape"].values())
     assert engine.decode_seconds(np.array([8.0]))[0] > engine.decode_seconds(np.array([4.0]))[0]
+
+
+def test_best_other_model_yardstick_finds_a_rescaled_twin_and_not_a_different_shape():
+    tokens = np.array([1, 8, 32, 64, 128, 256, 512, 1024, 2048], float)
+    smooth = 10 + tokens / 50
+    steps = 10 * np.ceil(tokens / 300)  # a staircase no other curve has
+    curves = {("qkv_proj", "a", 1): smooth, ("o_proj", "b", 2): 3 * smooth, ("qkv_proj", "c", 1): steps}
+    rows = pd.DataFrame([{"op": op, "model": m, "tp": tp, "tokens": t, "median_ms": v}
+                         for (op, m, tp), times in curves.items() for t, v in zip(tokens, times)])
+    ape = best_other_model_error(rows)
+    twins = rows["model"].isin(["a", "b"]).to_numpy()
+    np.testing.assert_allclose(ape[twins], 0, atol=1e-12)  # any op, any TP, any scale: a twin is a twin
+    assert ape[~twins & (rows["tokens"] >= 256).to_numpy()].mean() > 0.05  # its steps are in no other curve
