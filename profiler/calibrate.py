@@ -3,6 +3,7 @@
     python -m profiler.calibrate                 # every public GPU -> profiler/calibration/public_<gpu>.json
     python -m profiler.calibrate gpu=a100        # one GPU
     python -m profiler.calibrate transfer        # then: each GPU's fit carried to the others -> transfer.json
+    python -m profiler.calibrate gpu=a100 models=llama_2_7b,phi_2 out=/tmp/cal   # some models only, elsewhere
 
 Per GPU, one law per group over every public model measured on it (`profiler/public_profiles.py`):
 the four linear layers share one GEMM law (a GEMM is a GEMM: M, N and K tell them apart); each
@@ -271,11 +272,18 @@ def op_scores(rows: Any, fit: GroupFit) -> list[dict[str, Any]]:
     return out
 
 
-def calibrate_gpu(gpu: str, data_dir: Path, log=print) -> dict[str, Any]:
+def calibrate_gpu(gpu: str, data_dir: Path, log=print, models: list[str] | None = None) -> dict[str, Any]:
+    """`models`: only these of the GPU's public models (all of them: None)."""
     import sklearn
 
     info = PUBLIC_GPUS[gpu]
     table = read_public(data_dir, gpu)
+    if models is not None:
+        unknown = sorted(set(models) - set(table["model"]))
+        if unknown:
+            raise ValueError(f"models={','.join(unknown)}: not measured on {gpu}; choose from "
+                             f"{','.join(sorted(table['model'].unique()))}")
+        table = table[table["model"].isin(models)].reset_index(drop=True)
     log(f"{info.name} ({gpu}): {len(table)} rows, models {sorted(table['model'].unique())}")
     laws, scores, selection = {}, [], {}
     for group, rows in table.groupby(table["op"].map(group_of), sort=True):
@@ -355,10 +363,10 @@ def calibration_path(gpu: str, directory: Path = CALIBRATION_DIR) -> Path:
 def main(argv: list[str]) -> int:
     options = dict(arg.split("=", 1) for arg in argv if "=" in arg)
     words = [a for a in argv if "=" not in a]
-    unknown = sorted(set(options) - {"gpu", "shared_data_dir", "out"}) + [a for a in words if a != "transfer"]
+    unknown = sorted(set(options) - {"gpu", "models", "shared_data_dir", "out"}) + [a for a in words if a != "transfer"]
     if unknown:
         print(f"error: unknown arguments {unknown}; use [transfer] gpu=<{','.join(PUBLIC_GPUS)}> "
-              "shared_data_dir=<dir> out=<dir>", file=sys.stderr)
+              "models=<m1,m2,...> shared_data_dir=<dir> out=<dir>", file=sys.stderr)
         return 2
     gpus = options.get("gpu", ",".join(PUBLIC_GPUS)).split(",")
     data_dir = Path(options.get("shared_data_dir", DEFAULT_SHARED_DATA_DIR))
@@ -370,7 +378,7 @@ def main(argv: list[str]) -> int:
             print(f"wrote {path}")
             return 0
         for gpu in gpus:
-            calibration = calibrate_gpu(gpu, data_dir)
+            calibration = calibrate_gpu(gpu, data_dir, models=options["models"].split(",") if "models" in options else None)
             out.mkdir(parents=True, exist_ok=True)
             path = calibration_path(gpu, out)
             tmp = path.with_suffix(".tmp")

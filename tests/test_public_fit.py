@@ -269,3 +269,14 @@ def test_best_other_model_yardstick_finds_a_rescaled_twin_and_not_a_different_sh
     twins = rows["model"].isin(["a", "b"]).to_numpy()
     np.testing.assert_allclose(ape[twins], 0, atol=1e-12)  # any op, any TP, any scale: a twin is a twin
     assert ape[~twins & (rows["tokens"] >= 256).to_numpy()].mean() > 0.05  # its steps are in no other curve
+
+
+def test_calibrating_a_model_the_gpu_lacks_is_one_line(tmp_path, capsys):
+    from profiler.calibrate import main
+
+    write_public_csv(tmp_path, "a100", "meta-llama/Llama-2-7b-hf", LLAMA2_7B,
+                     [{"tokens": 1, "tp": 1, "ms": {op: 0.01 for op in OPS}}])
+    assert main(["gpu=a100", "models=llama_2_7b,yi_34b", f"shared_data_dir={tmp_path}", f"out={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: models=yi_34b: not measured on a100; choose from llama_2_7b"
+    assert not (tmp_path / "out").exists()
