@@ -4,10 +4,12 @@ correction for the steps a smooth law cannot have.
 One `ShapeLaw` is fitted per GPU and op group over every model measured on that GPU, so a model
 never measured (Yi-34B on the public data) is priced from its shard shapes alone:
 
-    t = (fixed + ((FLOPs / flop_rate)^p + (bytes / byte_rate)^p)^(1/p)) * exp(correction(shape))
+    t = (fixed + (floor^p + (FLOPs / flop_rate)^p + (bytes / byte_rate)^p)^(1/p)) * exp(correction(shape))
 
 The roofline carries the physics (a GEMM is bandwidth-bound at a few tokens and compute-bound at
-thousands, p sets how sharply). The correction is a small gradient-boosted tree ensemble over
+thousands, p sets how sharply; a small kernel cannot finish faster than its floor, the time of
+its first small grid, which streaming then hides rather than adds to: `fit_roofline`'s `floor`).
+The correction is a small gradient-boosted tree ensemble over
 features a GEMM kernel's time really depends on besides FLOPs and bytes: M, N and K themselves,
 how much of the last row tile is padding (tiles of 16 to 256 rows), and how full the last wave of
 thread blocks is on this GPU's SMs for typical cuBLAS tile shapes. Those are the staircases the
@@ -56,10 +58,11 @@ class Roofline:
     s_per_flop: float
     s_per_byte: float
     p: float
+    floor_s: float = 0.0  # combined with compute and memory time, not added (`fit_roofline`'s floor)
 
     def seconds(self, flops: Any, nbytes: Any) -> np.ndarray:
         compute, memory = self.s_per_flop * np.asarray(flops, float), self.s_per_byte * np.asarray(nbytes, float)
-        return self.fixed_s + (compute ** self.p + memory ** self.p) ** (1.0 / self.p)
+        return self.fixed_s + (self.floor_s ** self.p + compute ** self.p + memory ** self.p) ** (1.0 / self.p)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class ShapeLaw:
                 {"feature": f, "threshold": t, "left": lf, "right": rt, "value": v}
                 for f, t, lf, rt, v in zip(c.feature, c.threshold, c.left, c.right, c.value)]}
         return {"roofline": {"fixed_s": r.fixed_s, "s_per_flop": r.s_per_flop, "s_per_byte": r.s_per_byte,
-                             "p": r.p}, "correction": trees, "num_sms": self.num_sms}
+                             "p": r.p, "floor_s": r.floor_s}, "correction": trees, "num_sms": self.num_sms}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "ShapeLaw":
@@ -137,22 +140,28 @@ class ShapeLaw:
         return cls(Roofline(**d["roofline"]), trees, int(d["num_sms"]))
 
 
-def fit_roofline(flops: np.ndarray, nbytes: np.ndarray, seconds: np.ndarray) -> Roofline:
+def fit_roofline(flops: np.ndarray, nbytes: np.ndarray, seconds: np.ndarray, floor: bool = False) -> Roofline:
     """Relative least squares of the roofline, coefficients in log space. Without FLOPs (a
-    bandwidth-bound op) p has nothing to combine and stays 1."""
+    bandwidth-bound op) and without a `floor`, p has nothing to combine and stays 1."""
     from scipy.optimize import least_squares  # only fitting needs scipy
 
     has_flops = bool(np.any(flops > 0))
     typical = float(np.median(seconds))
     theta0 = [math.log(0.1 * typical), math.log(typical / max(np.median(nbytes), 1.0) / 2)]
     if has_flops:
-        theta0 += [math.log(typical / np.median(flops[flops > 0]) / 2), 0.0]
+        theta0 += [math.log(typical / np.median(flops[flops > 0]) / 2)]
+    if floor:
+        theta0 += [math.log(float(np.min(seconds)))]
+    if has_flops or floor:
+        theta0 += [0.0]
 
     def law(theta: np.ndarray) -> Roofline:
         fixed, per_byte = math.exp(theta[0]), math.exp(theta[1])
-        if not has_flops:
+        if not (has_flops or floor):
             return Roofline(fixed, 0.0, per_byte, 1.0)
-        return Roofline(fixed, math.exp(theta[2]), per_byte, 1.0 + math.exp(min(theta[3], 3.0)))
+        per_flop = math.exp(theta[2]) if has_flops else 0.0
+        floor_s = math.exp(theta[2 + has_flops]) if floor else 0.0
+        return Roofline(fixed, per_flop, per_byte, 1.0 + math.exp(min(theta[-1], 3.0)), floor_s)
 
     result = least_squares(lambda th: law(th).seconds(flops, nbytes) / seconds - 1.0, np.array(theta0))
     return law(result.x)
@@ -160,8 +169,8 @@ def fit_roofline(flops: np.ndarray, nbytes: np.ndarray, seconds: np.ndarray) -> 
 
 def fit_shape_law(tokens: np.ndarray, n: np.ndarray, k: np.ndarray, flops: np.ndarray, nbytes: np.ndarray,
                   seconds: np.ndarray, num_sms: int, correct: bool = True,
-                  boosting: Mapping[str, Any] = BOOSTING) -> ShapeLaw:
-    roofline = fit_roofline(flops, nbytes, seconds)
+                  boosting: Mapping[str, Any] = BOOSTING, floor: bool = False) -> ShapeLaw:
+    roofline = fit_roofline(flops, nbytes, seconds, floor)
     if not correct:
         return ShapeLaw(roofline, None, num_sms)
     from sklearn.ensemble import HistGradientBoostingRegressor  # only fitting needs scikit-learn

@@ -11,9 +11,9 @@ measured NCCL table. `op_sources` says, op by op, which is which.
 
 For a GPU with no public measurement, `source=` names a hardware whose calibration to carry over
 ("transfer"): each law's compute time is scaled by the ratio of bf16 peaks, its memory time by
-the ratio of HBM bandwidths, its fixed time kept. The learned correction (tile and wave steps of
-the source GPU) is kept or dropped as `profiler/calibration/transfer.json` measured it, across
-the public GPUs.
+the ratio of HBM bandwidths, its fixed time and floor kept. The learned correction (tile and wave
+steps of the source GPU) is kept or dropped as `profiler/calibration/transfer.json` measured it,
+across the public GPUs.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from .calibrate import CALIBRATION_DIR, GEMM_GROUP, calibration_path, group_of, 
 from .cross_model import Roofline, ShapeLaw
 from .fit import default_cache_dir, linear_shapes, stream_widths
 from .hardware import HardwareSpec
+from .public_profiles import PUBLIC_GPUS
 
 TRANSFER_FILE = "transfer.json"
 MEASURED_OPS = (*GEMM_GROUP, "rmsnorm", "silu_mul", "rope", "embedding")  # the breakdown's names
@@ -54,7 +55,7 @@ def transfer_keeps_correction(directory: Path | None = None) -> bool:
 
 def scaled_law(law: ShapeLaw, compute: float, memory: float, keep_correction: bool) -> ShapeLaw:
     r = law.roofline
-    return ShapeLaw(Roofline(r.fixed_s, r.s_per_flop * compute, r.s_per_byte * memory, r.p),
+    return ShapeLaw(Roofline(r.fixed_s, r.s_per_flop * compute, r.s_per_byte * memory, r.p, r.floor_s),
                     law.correction if keep_correction else None, law.num_sms)
 
 
@@ -77,6 +78,7 @@ class PublicFitCostModel(AnalyticalCostModel):
             keep = transfer_keeps_correction(calibration_dir)
             laws = {group: scaled_law(law, compute, memory, keep) for group, law in laws.items()}
         self._laws = laws
+        self._gpu = PUBLIC_GPUS[measured_on.public_fit]  # whose SMs and residency RoPE's law counts waves by
         # What the laws' numbers depend on, for the table cache: the calibration file and the rescaling.
         self._laws_key = hashlib.sha256(calibration_path(measured_on.public_fit, calibration_dir or CALIBRATION_DIR)
                                         .read_bytes()).hexdigest() + (f"{compute!r},{memory!r},{keep}" if source else "")
@@ -108,12 +110,14 @@ class PublicFitCostModel(AnalyticalCostModel):
 
         def compute() -> np.ndarray:
             return law_seconds(law, shape_features(law_op, np.maximum(n, 1.0), k_in, k_out, width,
-                                                   self.model.dtype_bytes, self.model.head_dim, self.tp))
+                                                   self.model.dtype_bytes, self.model.head_dim, self.tp,
+                                                   self.model.heads_per_rank(self.tp), self._gpu))
 
         if len(n) < 1024 or n[0] != 0 or n[-1] != len(n) - 1:
             return compute()
         key = hashlib.sha256(json.dumps([self._laws_key, law_op, k_in, k_out, width, self.model.dtype_bytes,
-                                         self.model.head_dim, self.tp, len(n)]).encode()).hexdigest()[:24]
+                                         self.model.head_dim, self.model.heads_per_rank(self.tp), self.tp,
+                                         self._gpu.key, len(n)]).encode()).hexdigest()[:24]
         path = default_cache_dir().parent / "public_tables" / f"{key}.npy"
         if path.is_file():
             return np.load(path)

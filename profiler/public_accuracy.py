@@ -68,8 +68,9 @@ def gpu_table(c: dict[str, Any]) -> str:
     for group, sel in c["selection"].items():
         held = sel["held_out_mape"]
         if held["roofline"] is not None:
-            lines.append(f"  law {group:<10} held-out MAPE: roofline alone {held['roofline']:.1%}, with the learned "
-                         f"correction {held['roofline+correction']:.1%} -> correction {'kept' if sel['correction'] else 'dropped'}")
+            lines.append(f"  law {group:<10} held-out MAPE (mean of <64, >=64): roofline alone {held['roofline']:.1%}, "
+                         f"with the learned correction {held['roofline+correction']:.1%} -> correction "
+                         f"{'kept' if sel['correction'] else 'dropped'}")
         elif sel.get("token_cv"):
             cv = sel["token_cv"]
             leaves = ", ".join(f"{leaf} {v:.1%}" for leaf, v in cv["min_samples_leaf"].items())
@@ -133,7 +134,7 @@ def write_html(path: Path, directory: Path, gpus: list[str], data_dir: Path) -> 
             at = dict(row=i // cols + 1, col=i % cols + 1)
             if table is not None and (table["op"] == op).any():
                 mine = table[table["op"] == op].reset_index(drop=True)
-                predicted = law_seconds(laws[group_of(op)], row_features(mine)) * 1e3
+                predicted = law_seconds(laws[group_of(op)], row_features(mine, PUBLIC_GPUS[gpu])) * 1e3
                 fig.add_trace(go.Scattergl(x=mine["median_ms"], y=predicted, mode="markers", name=c["name"],
                                            legendgroup=gpu, showlegend=i == 0, text=mine["model"],
                                            marker=dict(color=colors[gpu], size=3, opacity=0.5)), **at)

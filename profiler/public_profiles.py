@@ -13,7 +13,7 @@ median time of every non-attention op of one layer on one rank's shard. They map
 | `mlp_down_proj`                         | `down_proj`     | intermediate / tp -> hidden                              |
 | `input_layernorm` + `add`, `post_attention_layernorm` + `add` | `rmsnorm` | hidden; our op is the residual add and the norm together: one row per norm of the layer (Phi-2: LayerNorm, our op `layernorm`) |
 | `mlp_act` (fused SiLU-and-multiply)     | `silu_mul`      | intermediate / tp wide (Phi-2: GELU, our op `gelu`)      |
-| `attn_rope`                             | `rope`          | (heads + kv heads) x head_dim / tp (Phi-2's partial rotary too: its times scale with the whole rows) |
+| `attn_rope`                             | `rope`          | (heads + kv heads) x head_dim / tp (Phi-2 too: Vidur's profiler rotates whole heads, `rotary_dim=head_dim`, whatever the model's partial rotary) |
 | `emb` (vocab-parallel embedding)        | `embedding`     | hidden (once per iteration)                              |
 
 How these differ from what `python -m profiler` measures: they are fp16 kernel sums (torch profiler,
@@ -45,11 +45,14 @@ class PublicGPU:
     key: str        # the folder under public_profiles/compute
     name: str       # the GPU, as the calibration and reports name it
     num_sms: int    # streaming multiprocessors: the wave-quantisation features need them
+    threads_per_sm: int = 2048  # resident threads and thread blocks per SM (CUDA occupancy limits of
+    blocks_per_sm: int = 32     # its compute capability): how many of a kernel's blocks one wave holds
 
 
-# The H100 rows are taken as H100 SXM (132 SMs), the variant of Vidur's DGX and NVLink tables.
+# The H100 rows are taken as H100 SXM (132 SMs), the variant of Vidur's DGX and NVLink tables. The
+# A40 (compute capability 8.6) holds 1,536 threads and 16 blocks per SM, the A100 and H100 2,048 and 32.
 PUBLIC_GPUS = {g.key: g for g in (PublicGPU("a100", "A100-80GB", 108), PublicGPU("h100", "H100-80GB", 132),
-                                  PublicGPU("a40", "A40", 84))}
+                                  PublicGPU("a40", "A40", 84, threads_per_sm=1536, blocks_per_sm=16))}
 # public folder -> our conf/model file (its architecture: MLP kind, rotary dims, ...)
 PUBLIC_MODELS = {
     "meta-llama/Llama-2-7b-hf": "llama_2_7b", "meta-llama/Llama-2-70b-hf": "llama_2_70b",

@@ -37,7 +37,7 @@ class ModelSpec:
     qkv_bias: bool = False        # biases on the QKV projection (Qwen, Phi-2)
     parallel_block: bool = False  # attention and MLP from one norm, one all-reduce per layer (Phi-2, GPT-J)
     # Head dimensions that get rotary embeddings (null: all). Costs do not change with it: the
-    # public measurements of partial rotary (Phi-2) scale with the whole query and key rows.
+    # public measurements of Phi-2 rotate whole heads (Vidur's profiler passes rotary_dim=head_dim).
     rotary_dim: int | None = None
 
     MLPS = ("gated_silu", "gelu")
