@@ -39,9 +39,9 @@ def _chosen_cv(cv: dict[str, Any]) -> float:
     return cv["min_samples_leaf"][str(cv["chosen_min_samples_leaf"])] if cv["correction"] else cv["roofline"]
 
 
-YARDSTICK_NOTE = ("best other: the held-out curve's most similar curve of another model, rescaled per token range "
-                  "with the held-out curve's own times (profiler.calibrate.best_other_model_error); a goal below "
-                  "it asks more than the public measurements hold")
+YARDSTICK_NOTE = ("best other: the held-out curve's most similar curve of another model, rescaled per token range\n"
+                  "  with the held-out curve's own times (profiler.calibrate.best_other_model_error): a goal below\n"
+                  "  it asks for more than the public measurements hold")
 
 
 def gpu_table(c: dict[str, Any]) -> str:
@@ -155,7 +155,7 @@ def write_html(path: Path, directory: Path, gpus: list[str], data_dir: Path) -> 
     note = "" if have_data else "<p>Measured points need ../shared/data/public_profiles; errors come from the committed calibration.</p>"
     text = report_text(directory, gpus).replace("&", "&amp;").replace("<", "&lt;")
     path.write_text(f"<html><head><meta charset='utf-8'><title>Calibration accuracy</title></head><body>"
-                    f"<pre>{text}</pre>{note}{fig.to_html(full_html=False, include_plotlyjs=True)}</body></html>")
+                    f"<pre style='white-space: pre-wrap'>{text}</pre>{note}{fig.to_html(full_html=False, include_plotlyjs=True)}</body></html>")
 
 
 def main(argv: list[str], data_dir: Path) -> int:

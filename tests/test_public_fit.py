@@ -280,3 +280,15 @@ def test_calibrating_a_model_the_gpu_lacks_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "error: models=yi_34b: not measured on a100; choose from llama_2_7b"
     assert not (tmp_path / "out").exists()
+
+
+def test_accuracy_table_prints_the_yardstick_beside_the_held_out_error(tmp_path, capsys):
+    from profiler.public_accuracy import main
+
+    assert main(["source=public", "gpu=h100"], tmp_path) == 0  # committed numbers, no ../shared
+    out = capsys.readouterr().out
+    qkv = next(line.split() for line in out.splitlines() if line.strip().startswith("qkv_proj"))
+    c = json.loads(calibration_path("h100").read_text())
+    score = next(s for s in c["scores"] if s["op"] == "qkv_proj")
+    assert qkv[5:7] == [f"{score['best_other_model_mape_small']:.1%}", f"{score['best_other_model_mape_large']:.1%}"]
+    assert "best other:" in out
