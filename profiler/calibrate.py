@@ -35,7 +35,7 @@ from simulator.core.paths import DEFAULT_SHARED_DATA_DIR, REPO_ROOT
 from .cross_model import BOOSTING, GEMM_BOOSTING, ShapeLaw, fit_shape_law
 from .hardware import HardwareSpec
 from .fit import _STREAM_TRAFFIC, gemm_flops_bytes
-from .public_profiles import PUBLIC_GPUS, SOURCE, PublicGPU, read_public
+from .public_profiles import PUBLIC_GPUS, SOURCE, PublicGPU, model_files, read_public
 
 CALIBRATION_DIR = REPO_ROOT / "profiler" / "calibration"
 GEMM_GROUP = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
@@ -134,7 +134,7 @@ def rope_terms(tokens: np.ndarray, width: np.ndarray, head_dim: Any, heads: Any,
     return {"n": rows, "k": head_dim, "flops": loop * waves}
 
 
-def row_features(rows: Any, gpu: PublicGPU | None = None) -> dict[str, np.ndarray]:
+def row_features(rows: Any, gpu: PublicGPU) -> dict[str, np.ndarray]:
     """`shape_features` of public rows (`read_public`: they carry `model`, whose head_dim and heads
     RoPE needs, and `tp`), priced by the law of `gpu`."""
     from .public_profiles import model_spec
@@ -315,17 +315,26 @@ def op_scores(rows: Any, fit: GroupFit) -> list[dict[str, Any]]:
     return out
 
 
+def check_models(data_dir: Path, gpu: str, models: list[str] | None) -> None:
+    """One ValueError line unless every one of `models` (None: all) is measured on `gpu`."""
+    if models is None:
+        return
+    measured = sorted(model_files(data_dir, gpu))
+    if not models:
+        raise ValueError(f"models= names no model; choose from {','.join(measured)} ({gpu})")
+    unknown = sorted(set(models) - set(measured))
+    if unknown:
+        raise ValueError(f"models={','.join(unknown)}: not measured on {gpu}; choose from {','.join(measured)}")
+
+
 def calibrate_gpu(gpu: str, data_dir: Path, log=print, models: list[str] | None = None) -> dict[str, Any]:
     """`models`: only these of the GPU's public models (all of them: None)."""
     import sklearn
 
     info = PUBLIC_GPUS[gpu]
+    check_models(data_dir, gpu, models)
     table = read_public(data_dir, gpu)
     if models is not None:
-        unknown = sorted(set(models) - set(table["model"]))
-        if unknown:
-            raise ValueError(f"models={','.join(unknown)}: not measured on {gpu}; choose from "
-                             f"{','.join(sorted(table['model'].unique()))}")
         table = table[table["model"].isin(models)].reset_index(drop=True)
     log(f"{info.name} ({gpu}): {len(table)} rows, models {sorted(table['model'].unique())}")
     laws, scores, selection = {}, [], {}
@@ -421,8 +430,11 @@ def main(argv: list[str]) -> int:
             path.write_text(json.dumps(transfer_scores(data_dir, out), indent=1))
             print(f"wrote {path}")
             return 0
+        models = [m for m in options["models"].split(",") if m] if "models" in options else None
+        for gpu in gpus:  # every GPU's models checked before any file is written
+            check_models(data_dir, gpu, models)
         for gpu in gpus:
-            calibration = calibrate_gpu(gpu, data_dir, models=options["models"].split(",") if "models" in options else None)
+            calibration = calibrate_gpu(gpu, data_dir, models=models)
             out.mkdir(parents=True, exist_ok=True)
             path = calibration_path(gpu, out)
             tmp = path.with_suffix(".tmp")

@@ -84,20 +84,23 @@ def read_public(data_dir: Path, gpu: str) -> Any:
     of a file is one ValueError line naming it."""
     import pandas as pd
 
+    frames = [_rows(path, model_spec(conf_name), conf_name) for conf_name, path in model_files(data_dir, gpu).items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def model_files(data_dir: Path, gpu: str) -> dict[str, Path]:
+    """Our conf name -> the public `mlp.csv.gz` of each model measured on `gpu` (at least one)."""
     if gpu not in PUBLIC_GPUS:
         raise ValueError(f"gpu={gpu!r} has no public profile; choose one of {sorted(PUBLIC_GPUS)}")
     root = compute_dir(data_dir) / gpu
     if not root.is_dir():
         raise FileNotFoundError(f"{root} not found: the public profiles live in ../shared/data/public_profiles "
                                 "(set shared_data_dir or SCHED_SIM_DATA to the folder that holds them)")
-    frames = []
-    for folder, conf_name in PUBLIC_MODELS.items():
-        path = root / folder / "mlp.csv.gz"
-        if path.is_file():
-            frames.append(_rows(path, model_spec(conf_name), conf_name))
-    if not frames:
+    files = {conf_name: root / folder / "mlp.csv.gz" for folder, conf_name in PUBLIC_MODELS.items()}
+    files = {conf_name: path for conf_name, path in files.items() if path.is_file()}
+    if not files:
         raise FileNotFoundError(f"{root} holds none of the known models' mlp.csv.gz ({sorted(PUBLIC_MODELS)})")
-    return pd.concat(frames, ignore_index=True)
+    return files
 
 
 def _rows(path: Path, spec: ModelSpec, conf_name: str) -> Any:

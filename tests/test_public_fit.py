@@ -280,6 +280,14 @@ def test_calibrating_a_model_the_gpu_lacks_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "error: models=yi_34b: not measured on a100; choose from llama_2_7b"
     assert not (tmp_path / "out").exists()
+    # one GPU has the model, the next does not: no GPU's calibration is written
+    write_public_csv(tmp_path, "h100", "microsoft/phi-2", {**LLAMA2_7B, "n_embd": 2560},
+                     [{"tokens": 1, "tp": 1, "ms": {op: 0.01 for op in OPS}}])
+    assert main(["gpu=a100,h100", "models=llama_2_7b", f"shared_data_dir={tmp_path}", f"out={tmp_path / 'out'}"]) == 2
+    assert capsys.readouterr().err.strip() == "error: models=llama_2_7b: not measured on h100; choose from phi_2"
+    assert not (tmp_path / "out").exists()
+    assert main(["gpu=a100", "models=", f"shared_data_dir={tmp_path}", f"out={tmp_path / 'out'}"]) == 2
+    assert capsys.readouterr().err.strip() == "error: models= names no model; choose from llama_2_7b (a100)"
 
 
 def test_accuracy_table_prints_the_yardstick_beside_the_held_out_error(tmp_path, capsys):
