@@ -271,6 +271,8 @@ def best_other_model_error(rows: Any) -> np.ndarray:
     for key, at in curves.items():
         for lo, hi in zip(YARDSTICK_BINS, YARDSTICK_BINS[1:]):
             mine = at[(tokens[at] >= lo) & (tokens[at] < hi)]
+            if not len(mine):  # a curve not measured in this range
+                continue
             best = None
             for other, times in by_tokens.items():
                 if other[1] == key[1] or not all(t in times for t in tokens[mine]):
